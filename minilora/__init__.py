@@ -1,0 +1,11 @@
+"""minilora: LoRA from first principles, every gradient written by hand, on NumPy or CuPy.
+
+    y = x Wᵀ + b + (alpha / r) · (x Aᵀ) Bᵀ,   W frozen, A (r, d_in) and B (d_out, r) trained.
+"""
+from . import backend, functional
+from .gradcheck import check_model, check_pair, rel_error
+from .nn import MLP, Linear, LoRALinear, Module, add_lora
+from .optim import SGD, AdamW
+from .train import fit, train_step
+
+__version__ = "0.1.0"

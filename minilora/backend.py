@@ -1,0 +1,192 @@
+"""The backend seam: the only module in minilora that imports NumPy or CuPy.
+
+Math code never imports an array library. It asks this module for the namespace of its inputs::
+
+    xp = namespace(x, W)          # numpy, cupy, or any array-API namespace (array-api-strict)
+    y = xp.tanh(x @ W.T)
+
+Everything that depends on *which* library runs is here:
+
+- ``namespace(*arrays)``       array namespace shared by the inputs (mixing backends is an error);
+- ``check_float(name, x, layer)`` floating dtypes only, with an error naming the layer;
+- ``to_numpy(a)`` / ``from_numpy(a, device)``   moves between host and device;
+- ``resolve_device(device)``   "cpu" -> numpy, "cuda" -> cupy (clear error if missing), or a namespace;
+- ``rng(seed)`` and ``normal`` / ``uniform``: initial weights are drawn on the CPU by a seeded
+  NumPy generator and then moved, so NumPy and CuPy runs start from identical numbers.
+"""
+from __future__ import annotations
+
+import types
+
+import numpy as np
+
+FLOAT_DTYPES = ("float16", "float32", "float64")
+
+
+def namespace(*arrays):
+    """Return the array namespace shared by ``arrays`` (``None`` entries are ignored).
+
+    NumPy >= 2, CuPy >= 13 and array-api-strict arrays all expose ``__array_namespace__``.
+    Raises ``TypeError`` if the arrays come from two different libraries.
+    """
+    xp = None
+    first = None
+    for a in arrays:
+        if a is None:
+            continue
+        try:
+            this = a.__array_namespace__()
+        except AttributeError:
+            raise TypeError(
+                f"expected an array (numpy, cupy or array-API), got {type(a).__name__}"
+            ) from None
+        if xp is None:
+            xp, first = this, a
+        elif this is not xp:
+            raise TypeError(
+                "arrays from two backends mixed in one call: "
+                f"{type(first).__module__}.{type(first).__name__} and "
+                f"{type(a).__module__}.{type(a).__name__}; move them with .to(device) first"
+            )
+    if xp is None:
+        raise TypeError("namespace() needs at least one array")
+    return xp
+
+
+def dtype_name(x) -> str:
+    """'float32', 'int64', ... for any backend's array."""
+    d = x.dtype
+    name = getattr(d, "name", None)
+    if isinstance(name, str):
+        return name
+    return str(d).rsplit(".", 1)[-1]  # array_api_strict.float32 -> float32
+
+
+def check_float(name: str, x, layer: str) -> None:
+    """Raise ``TypeError`` unless ``x`` is a real floating array (float16/32/64)."""
+    if not hasattr(x, "__array_namespace__"):
+        raise TypeError(f"{layer}: argument '{name}' must be an array, got {type(x).__name__}")
+    if dtype_name(x) not in FLOAT_DTYPES:
+        raise TypeError(
+            f"{layer}: argument '{name}' must be a floating array (float16/32/64), "
+            f"got dtype {dtype_name(x)} with shape {tuple(x.shape)}"
+        )
+
+
+def check_same_dtype(layer: str, **arrays) -> None:
+    """Raise ``TypeError`` if the named arrays do not share one dtype (no silent upcasts)."""
+    named = {k: dtype_name(v) for k, v in arrays.items() if v is not None}
+    if len(set(named.values())) > 1:
+        desc = ", ".join(f"{k}: {v}" for k, v in named.items())
+        raise TypeError(f"{layer}: arrays must share one dtype, got {desc}")
+
+
+# ----------------------------------------------------------------------------- devices
+
+
+def cupy_or_none():
+    """The ``cupy`` module if it imports *and* a CUDA device is usable, else ``None``."""
+    try:
+        import cupy  # noqa: PLC0415  (the one place CuPy is imported)
+
+        if cupy.cuda.runtime.getDeviceCount() < 1:
+            return None
+        cupy.zeros(1)  # fails here if the driver/runtime is unusable
+        return cupy
+    except Exception:  # ImportError, CUDARuntimeError, ...
+        return None
+
+
+def cuda_available() -> bool:
+    return cupy_or_none() is not None
+
+
+def resolve_device(device):
+    """Map ``"cpu"`` / ``"cuda"`` / an array namespace to an array namespace."""
+    if isinstance(device, types.ModuleType):
+        return device
+    if device == "cpu":
+        return np
+    if device in ("cuda", "gpu"):
+        cp = cupy_or_none()
+        if cp is None:
+            raise RuntimeError(
+                "device 'cuda' requested but CuPy or a usable GPU is missing: install CuPy for "
+                "your CUDA version with `pip install 'minilora[cuda12]'` or "
+                "`pip install 'minilora[cuda13]'`, and check that `nvidia-smi` sees a GPU"
+            )
+        return cp
+    raise ValueError(f"unknown device {device!r}: expected 'cpu', 'cuda' or an array namespace")
+
+
+def device_name(x) -> str:
+    xp = namespace(x)
+    if xp is np:
+        return "cpu"
+    if xp.__name__.startswith("cupy"):
+        return "cuda"
+    return xp.__name__
+
+
+def to_numpy(a) -> np.ndarray:
+    """Copy (or view) any backend's array as a NumPy array on the host."""
+    if isinstance(a, np.ndarray):
+        return a
+    if hasattr(a, "get") and type(a).__module__.startswith("cupy"):
+        return a.get()
+    return np.from_dlpack(a)
+
+
+def from_numpy(a: np.ndarray, device="cpu"):
+    """Move a NumPy array to ``device`` ("cpu", "cuda" or a namespace); never changes dtype."""
+    xp = resolve_device(device)
+    if xp is np:
+        return a
+    return xp.asarray(a)
+
+
+def move(a, device):
+    """Move any array to ``device``; a no-op if it already lives there."""
+    xp = resolve_device(device)
+    if a.__array_namespace__() is xp:
+        return a
+    return from_numpy(to_numpy(a), xp)
+
+
+def is_finite(a) -> bool:
+    """True if every element of ``a`` is finite (one reduction, any backend)."""
+    xp = namespace(a)
+    return bool(xp.all(xp.isfinite(a)))
+
+
+# ----------------------------------------------------------------------------- seeded init
+
+
+def rng(seed) -> np.random.Generator:
+    """A seeded NumPy generator; all initial weights and dropout masks come from one of these."""
+    if isinstance(seed, np.random.Generator):
+        return seed
+    return np.random.default_rng(seed)
+
+
+def normal(gen: np.random.Generator, shape, std: float, dtype: str, device="cpu"):
+    """N(0, std^2) drawn on the CPU in float64, cast to ``dtype``, then moved to ``device``."""
+    a = gen.standard_normal(shape) * std
+    return from_numpy(a.astype(dtype), device)
+
+
+def uniform(gen: np.random.Generator, shape, bound: float, dtype: str, device="cpu"):
+    """U(-bound, bound) drawn on the CPU, cast to ``dtype``, then moved to ``device``."""
+    a = gen.uniform(-bound, bound, size=shape)
+    return from_numpy(a.astype(dtype), device)
+
+
+def zeros(shape, dtype: str, device="cpu"):
+    xp = resolve_device(device)
+    return xp.zeros(shape, dtype=getattr(xp, dtype))
+
+
+def dropout_mask(gen: np.random.Generator, shape, p: float, dtype: str, device="cpu"):
+    """Inverted-dropout mask: 0 with probability ``p``, else ``1/(1-p)`` (so E[mask] = 1)."""
+    keep = gen.random(shape) >= p
+    return from_numpy((keep / (1.0 - p)).astype(dtype), device)

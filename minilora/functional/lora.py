@@ -1,0 +1,116 @@
+"""LoRA linear layer (Hu et al., 2021): a frozen W plus a trainable low-rank update ΔW = B A.
+
+    h = x Wᵀ + b + scale · (x̃ Aᵀ) Bᵀ,      x̃ = dropout(x),   scale = alpha / r
+                                                      (rsLoRA: scale = alpha / √r)
+
+Shapes follow the paper and PyTorch/PEFT: W (d_out, d_in), A (r, d_in), B (d_out, r), so
+ΔW = B A has W's shape and an exported A, B is a PEFT ``lora_A`` / ``lora_B`` with no transpose.
+
+The unmerged path never builds B A: it costs r·(d_in + d_out) multiply-adds per row, not
+d_in·d_out. The backward returns gradients for A and B only — W is frozen — but dx still flows
+through W *and* through the low-rank path.
+"""
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+from ..backend import check_float, check_same_dtype, namespace
+from .linear import check_linear_shapes
+
+
+def lora_scale(r: int, alpha: float, rslora: bool = False) -> float:
+    """scale = alpha / r, or alpha / √r with rsLoRA (Kalajdzievski, 2023)."""
+    return alpha / math.sqrt(r) if rslora else alpha / r
+
+
+def check_lora(layer: str, d_in: int, d_out: int, r, alpha) -> None:
+    """Validate rank and alpha for a layer of shape (d_out, d_in), with errors naming both."""
+    if isinstance(r, bool) or not isinstance(r, int):
+        raise TypeError(f"{layer}: r must be an int, got {r!r}")
+    if not 1 <= r <= min(d_in, d_out):
+        raise ValueError(
+            f"{layer}: r = {r} must satisfy 1 <= r <= min(d_in, d_out) = "
+            f"min({d_in}, {d_out}) = {min(d_in, d_out)}"
+        )
+    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not alpha > 0:
+        raise ValueError(f"{layer}: alpha must be a positive number, got {alpha!r}")
+
+
+class LoRACache(NamedTuple):
+    x: object  # (..., d_in)  input
+    mask: object  # (..., d_in)  inverted-dropout mask, or None
+    x_drop: object  # (..., d_in)  x * mask (x itself when mask is None)
+    u: object  # (..., r)     u = x̃ Aᵀ, the low-rank code
+    W: object  # (d_out, d_in) frozen
+    A: object  # (r, d_in)
+    B: object  # (d_out, r)
+    scale: float
+
+
+def lora_forward(x, W, b, A, B, scale: float, mask=None, layer: str = "lora"):
+    """h = x Wᵀ + b + scale · (x̃ Aᵀ) Bᵀ,   x̃ = x ⊙ mask  (mask None: x̃ = x)
+
+    Inputs:  x (..., d_in), W (d_out, d_in), b (d_out,) or None, A (r, d_in), B (d_out, r),
+             scale (float), mask (..., d_in) inverted-dropout mask or None
+    Returns: h (..., d_out), cache
+    """
+    check_linear_shapes(layer, x, W, b)
+    check_float("A", A, layer)
+    check_float("B", B, layer)
+    check_same_dtype(layer, x=x, W=W, A=A, B=B)
+    d_out, d_in = W.shape
+    r = A.shape[0]
+    if A.ndim != 2 or tuple(A.shape) != (r, d_in) or tuple(B.shape) != (d_out, r):
+        raise ValueError(
+            f"{layer}: expected A (r, d_in) = (r, {d_in}) and B (d_out, r) = ({d_out}, r) with "
+            f"one r, got A {tuple(A.shape)} and B {tuple(B.shape)}"
+        )
+    if mask is not None and tuple(mask.shape) != tuple(x.shape):
+        raise ValueError(
+            f"{layer}: dropout mask has shape {tuple(mask.shape)}, expected x's {tuple(x.shape)}"
+        )
+    namespace(x, W, b, A, B, mask)  # raises if backends are mixed
+
+    x_drop = x if mask is None else x * mask  # (..., d_in)
+    u = x_drop @ A.T  # (..., r)
+    h = x @ W.T + (scale * u) @ B.T  # (..., d_out); scale on the r-wide code: cheapest place
+    if b is not None:
+        h = h + b
+    return h, LoRACache(x, mask, x_drop, u, W, A, B, scale)
+
+
+def lora_backward(dout, cache: LoRACache, need_dx: bool = True):
+    """Backward of ``lora_forward``: gradients for A and B only (W is frozen).
+
+        dB = scale · doutᵀ u            (d_out, r)
+        du = scale · dout B             (..., r)
+        dA = duᵀ x̃                      (r, d_in)
+        dx = dout W + (du A) ⊙ mask     (..., d_in)
+
+    At initialisation B = 0, so du = 0 and dA = 0 while dB ≠ 0: only B moves on the first step.
+
+    Inputs:  dout (..., d_out), cache from ``lora_forward``
+    Returns: dx (..., d_in) or None if ``need_dx`` is False, grads {"A": dA, "B": dB}
+    """
+    x, mask, x_drop, u, W, A, B, scale = cache
+    xp = namespace(dout, x)
+    d_out, d_in = W.shape
+    r = A.shape[0]
+    dout2 = xp.reshape(dout, (-1, d_out))  # (N, d_out)
+    u2 = xp.reshape(u, (-1, r))  # (N, r)
+    dB = scale * (dout2.T @ u2)  # (d_out, r)
+    du2 = dout2 @ (scale * B)  # (N, r); scale folded into the small B
+    dA = du2.T @ xp.reshape(x_drop, (-1, d_in))  # (r, d_in)
+    dx = None
+    if need_dx:
+        dx_lora = xp.reshape(du2 @ A, tuple(x.shape))  # (..., d_in)
+        if mask is not None:
+            dx_lora = dx_lora * mask
+        dx = dout @ W + dx_lora
+    return dx, {"A": dA, "B": dB}
+
+
+def lora_delta(A, B, scale: float):
+    """ΔW = scale · B A   (d_out, d_in) — only for merging and analysis, never in the forward."""
+    return scale * (B @ A)

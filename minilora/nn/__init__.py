@@ -1,0 +1,5 @@
+"""Thin stateful modules built from ``minilora.functional``."""
+from .linear import Linear, LoRAAdapter, LoRALinear
+from .lora import add_lora, lora_layers, resolve_targets
+from .mlp import MLP
+from .module import Module, ParamInfo
