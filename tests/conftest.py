@@ -1,0 +1,38 @@
+"""Shared test fixtures: the ``xp`` fixture runs a test on every usable array backend.
+
+- ``numpy``            always;
+- ``array_api_strict`` always (a strict namespace: any NumPy-only call in the math fails here);
+- ``cupy``             automatically when CuPy imports and a GPU is usable.
+"""
+import os
+
+import numpy as np
+import pytest
+
+from minilora import backend
+
+import array_api_strict
+
+BACKENDS = [pytest.param(np, id="numpy"), pytest.param(array_api_strict, id="strict")]
+_cp = backend.cupy_or_none()
+if _cp is not None:
+    BACKENDS.append(pytest.param(_cp, id="cupy"))
+BACKEND_MODULES = [p.values[0] for p in BACKENDS]
+
+
+@pytest.fixture(params=BACKENDS)
+def xp(request):
+    return request.param
+
+
+def arr(a, xp, dtype=None):
+    """Move a NumPy array (or nested list) to ``xp``, optionally casting."""
+    a = np.asarray(a)
+    if dtype is not None:
+        a = a.astype(dtype)
+    return backend.from_numpy(a, xp)
+
+
+def tol(dtype: str) -> float:
+    """Relative tolerance for comparing two computations of the same quantity in ``dtype``."""
+    return {"float16": 2e-2, "float32": 2e-5, "float64": 1e-12}[dtype]
