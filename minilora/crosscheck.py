@@ -1,0 +1,313 @@
+"""Cross-check against PyTorch and PEFT: the same model, the same numbers, another framework.
+
+Finite differences (``gradcheck``) prove each backward against *its own* forward. This module
+proves the forward itself is the standard one: it rebuilds a minilora model in PyTorch from
+minilora's own arrays, with the same module paths as attribute names (``fc1``,
+``blocks.0.attn.q``), so PEFT's ``target_modules`` and state-dict keys line up with no renaming
+beyond ``W → weight``, ``b → bias``, ``gamma → weight``, ``beta → bias``. LoRA on the PyTorch side
+is real PEFT (``LoraConfig`` + ``get_peft_model``) with minilora's A and B copied in.
+
+    compare_with_torch(model, x, y)  →  rows: logits, loss, every trainable gradient,
+                                          then every trainable array after k AdamW steps
+
+Dropout: minilora's LoRA layer draws its inverted-dropout mask itself; PEFT's ``lora_dropout``
+module is replaced by ``MaskReplay``, which multiplies by the mask minilora just drew (read from the
+layer's cache), so both frameworks see the same x̃ = x ⊙ mask on every step.
+
+PyTorch is optional and imported only inside functions::
+
+    pip install torch==2.13.0              # the pinned CPU build first (an open range pulls CUDA)
+    pip install 'minilora[crosscheck]'     # then PEFT and safetensors
+"""
+from __future__ import annotations
+
+import copy
+import functools
+
+import numpy as np
+
+from . import backend
+from .gradcheck import CheckResult, rel_error
+from .nn.linear import LoRALinear
+from .optim import AdamW
+
+GRAD_TOLERANCE = 1e-10  # float64: forward, loss and every gradient vs PyTorch (rel. error)
+ADAMW_TOLERANCE = 1e-12 # float64: every trainable array after k AdamW steps (rel. error)
+INTEROP_TOLERANCE = 1e-5  # float32: outputs of an adapter moved between minilora and PEFT
+
+INSTALL_HINT = (
+    "install the pinned CPU build of PyTorch first, `pip install torch==2.13.0` (an open range "
+    "downloads a CUDA build of several GB), then the extra: `pip install 'minilora[crosscheck]'`"
+)
+
+
+def require(module: str = "torch"):
+    """Import ``torch``, ``peft`` or ``safetensors``; a clear ``ImportError`` if it is missing."""
+    import importlib  # noqa: PLC0415
+
+    try:
+        return importlib.import_module(module)
+    except ImportError as e:
+        raise ImportError(f"minilora.crosscheck needs {module!r}: {INSTALL_HINT}") from e
+
+
+def available() -> tuple[bool, str]:
+    """``(True, "")`` if torch and PEFT import, else ``(False, reason)``."""
+    for name in ("torch", "peft", "safetensors"):
+        try:
+            require(name)
+        except ImportError as e:
+            return False, str(e)
+    return True, ""
+
+
+# ----------------------------------------------------------------------------- torch twins
+
+
+@functools.cache
+def _torch_classes():
+    """The PyTorch module classes, defined on first use so that importing minilora never
+    imports torch. Returns a dict of classes."""
+    torch = require("torch")
+    nn = torch.nn
+    F = nn.functional
+
+    class MaskReplay(nn.Module):
+        """Stands in for PEFT's ``lora_dropout``: x̃ = x ⊙ mask with the mask minilora drew
+        (identity while ``mask`` is None)."""
+
+        def __init__(self):
+            super().__init__()
+            self.mask = None
+
+        def forward(self, x):
+            return x if self.mask is None else x * self.mask
+
+    class TorchMLP(nn.Module):
+        """minilora's ``MLP``: fc1 → act → fc2 → … → fcL, same attribute names."""
+
+        def __init__(self, sizes, activation, dtype):
+            super().__init__()
+            self.names = [f"fc{i}" for i in range(1, len(sizes))]
+            for name, d_in, d_out in zip(self.names, sizes[:-1], sizes[1:]):
+                setattr(self, name, nn.Linear(d_in, d_out, dtype=dtype))
+            self.activation = activation
+
+        def forward(self, x):
+            for i, name in enumerate(self.names):
+                x = getattr(self, name)(x)
+                if i < len(self.names) - 1:
+                    x = torch.relu(x) if self.activation == "relu" else F.gelu(x, approximate="tanh")
+            return x
+
+    return {"MaskReplay": MaskReplay, "TorchMLP": TorchMLP}
+
+
+def _torch_dtype(dtype: str):
+    return getattr(require("torch"), dtype)
+
+
+def to_torch(a, dtype: str | None = None):
+    """A PyTorch CPU tensor copied from any backend's array (optionally cast)."""
+    torch = require("torch")
+    a = np.array(backend.to_numpy(a))  # a copy: the tensor never aliases minilora's arrays
+    t = torch.from_numpy(a)
+    return t if dtype is None else t.to(_torch_dtype(dtype))
+
+
+_TORCH_PARAM = {"W": "weight", "b": "bias", "gamma": "weight", "beta": "bias"}
+
+
+def torch_name(name: str, peft: bool = False) -> str:
+    """minilora parameter name → the PyTorch/PEFT one.
+
+    ``fc1.W`` → ``fc1.weight``;  ``fc1.base.W`` → ``fc1.base_layer.weight`` (PEFT) or
+    ``fc1.weight`` (plain twin);  ``fc1.lora.default.A`` → ``fc1.lora_A.default.weight``.
+    With ``peft=True`` the name gets PEFT's ``base_model.model.`` prefix.
+    """
+    parts = name.split(".")
+    if len(parts) >= 3 and parts[-3] == "lora" and parts[-1] in ("A", "B"):
+        path, adapter, which = parts[:-3], parts[-2], parts[-1]
+        out = [*path, f"lora_{which}", adapter, "weight"]
+    elif len(parts) >= 2 and parts[-2] == "base":
+        out = [*parts[:-2], *(["base_layer"] if peft else []), _TORCH_PARAM[parts[-1]]]
+    else:
+        out = [*parts[:-1], _TORCH_PARAM[parts[-1]]]
+    return ("base_model.model." if peft else "") + ".".join(out)
+
+
+def torch_twin(model, dtype: str = "float64"):
+    """A PyTorch model computing what ``model`` computes *without* LoRA, from its base arrays.
+
+    Attribute names equal minilora's module paths; LoRA layers contribute their frozen base.
+    Supports ``MLP`` and ``GPT``. Raises ``ValueError`` if an adapter is merged into W.
+    """
+    from .nn.mlp import MLP  # noqa: PLC0415
+
+    for path, layer in model.lora_layers().items():
+        if layer.merged is not None:
+            raise ValueError(f"torch_twin: {path} has adapter {layer.merged!r} merged; unmerge() first")
+    classes = _torch_classes()
+    if isinstance(model, MLP):
+        twin = classes["TorchMLP"](model.sizes, model.activation, _torch_dtype(dtype))
+    else:
+        twin = _gpt_twin(model, dtype)
+    state = {
+        torch_name(k): to_torch(v, dtype)
+        for k, v in model.named_parameters().items()
+        if ".lora." not in k
+    }
+    twin.load_state_dict(state, strict=True)
+    return twin
+
+
+def _gpt_twin(model, dtype):
+    raise TypeError(f"torch_twin: no PyTorch twin for {type(model).__name__}")
+
+
+# ----------------------------------------------------------------------------- PEFT
+
+
+def lora_config(model):
+    """PEFT ``LoraConfig`` equivalent to ``model``'s active LoRA layers, and the adapter name.
+
+    Every targeted path is listed exactly; per-layer r and alpha go in ``rank_pattern`` /
+    ``alpha_pattern`` (anchored regexes), so mixed ranks round-trip too.
+    """
+    peft = require("peft")
+    layers = {p: m for p, m in model.lora_layers().items() if m.active is not None}
+    if not layers:
+        raise ValueError("lora_config: the model has no active LoRA layer")
+    names = {m.active for m in layers.values()}
+    if len(names) != 1:
+        raise ValueError(f"lora_config: PEFT needs one adapter name, the layers use {sorted(names)}")
+    (adapter,) = names
+    ads = {p: m.adapters[adapter] for p, m in layers.items()}
+    first = next(iter(ads.values()))
+    if len({a.rslora for a in ads.values()}) != 1:
+        raise ValueError("lora_config: rsLoRA must be on or off for every layer")
+    config = peft.LoraConfig(
+        r=first.r,
+        lora_alpha=first.alpha,
+        use_rslora=first.rslora,
+        target_modules=list(ads),
+        rank_pattern={f"^{p}$": a.r for p, a in ads.items() if a.r != first.r},
+        alpha_pattern={f"^{p}$": a.alpha for p, a in ads.items() if a.alpha != first.alpha},
+        lora_dropout=0.0,  # replaced by MaskReplay: minilora draws the masks
+        bias="none",
+    )
+    return config, adapter
+
+
+def peft_twin(model, dtype: str = "float64"):
+    """``get_peft_model`` on ``torch_twin(model)`` with minilora's A and B copied in and each
+    ``lora_dropout`` replaced by a ``MaskReplay``. Returns ``(peft_model, adapter_name)``."""
+    peft = require("peft")
+    torch = require("torch")
+    config, adapter = lora_config(model)
+    pm = peft.get_peft_model(torch_twin(model, dtype), config, adapter_name=adapter)
+    MaskReplay = _torch_classes()["MaskReplay"]
+    params = dict(pm.named_parameters())
+    with torch.no_grad():
+        for path, layer in model.lora_layers().items():
+            ad = layer.adapters[adapter]
+            for k in ("A", "B"):
+                name = torch_name(f"{path}.lora.{adapter}.{k}", peft=True)
+                params[name].copy_(to_torch(ad.params[k], dtype))
+            pm.base_model.model.get_submodule(path).lora_dropout[adapter] = MaskReplay()
+    return pm, adapter
+
+
+def replay_masks(model, pm, adapter) -> None:
+    """Copy the dropout mask each minilora LoRA layer used in its last forward into PEFT."""
+    for path, layer in model.lora_layers().items():
+        kind, cache = getattr(layer, "cache", ("base", None))
+        mask = cache.mask if kind == "lora" and cache.mask is not None else None
+        replay = pm.base_model.model.get_submodule(path).lora_dropout[adapter]
+        replay.mask = None if mask is None else to_torch(mask)
+
+
+# ----------------------------------------------------------------------------- comparisons
+
+
+def _torch_loss(loss: str, out, y):
+    F = require("torch").nn.functional
+    if loss == "cross_entropy":
+        return F.cross_entropy(out.reshape(-1, out.shape[-1]), y.reshape(-1))
+    if loss == "mse":
+        return F.mse_loss(out, y)
+    raise ValueError(f"unknown loss {loss!r}")
+
+
+def compare_with_torch(model, x, y, loss: str = "cross_entropy", steps: int = 3, lr: float = 1e-2,
+                       weight_decay: float = 0.01, name: str | None = None,
+                       tolerance: float = GRAD_TOLERANCE,
+                       adamw_tolerance: float = ADAMW_TOLERANCE) -> list:
+    """Compare a float64 minilora model with its PyTorch (and PEFT, if it has LoRA) twin.
+
+    Rows (``CheckResult``), each a relative error:
+      ``output``, ``loss``         one forward on ``(x, y)``;
+      every trainable array         minilora's gradient vs ``param.grad``;
+      ``adamw<k> <array>``          the array after k AdamW steps on both sides (worst step).
+    LoRA dropout masks (when the model is in training mode with dropout > 0) are drawn by minilora
+    and replayed in PEFT. ``model`` itself is left unchanged (a deep copy is trained).
+    """
+    torch = require("torch")
+    from .functional.losses import LOSSES  # noqa: PLC0415
+
+    if model.dtype != "float64":
+        raise TypeError(f"compare_with_torch: the model must be float64, got {model.dtype}")
+    model = copy.deepcopy(model)
+    name = name or type(model).__name__
+    lora = any(m.active is not None for m in model.lora_layers().values())
+    if lora:
+        twin, adapter = peft_twin(model)
+    else:
+        twin, adapter = torch_twin(model), None
+    trainable = model.named_parameters(trainable=True)
+    tparams = dict(twin.named_parameters())
+    tnames = {k: torch_name(k, peft=lora) for k in trainable}
+    for p in tparams.values():
+        p.requires_grad_(False)
+    for k in trainable:
+        tparams[tnames[k]].requires_grad_(True)
+    xt = to_torch(x)
+    yt = to_torch(y)
+    loss_forward, loss_backward = LOSSES[loss]
+
+    def both_steps():
+        """One forward + backward on each side; returns minilora's (out, loss) and torch's."""
+        out = model.forward(x)
+        value, cache = loss_forward(out, y)
+        model.backward(loss_backward(1.0, cache)[0])
+        if lora:
+            replay_masks(model, twin, adapter)
+        twin.zero_grad(set_to_none=True)
+        tout = twin(xt)
+        tloss = _torch_loss(loss, tout, yt)
+        tloss.backward()
+        return out, value, tout.detach(), tloss.detach()
+
+    out, value, tout, tloss = both_steps()
+    rows = [CheckResult(name, "output", rel_error(out, tout.numpy()), tolerance),
+            CheckResult(name, "loss", rel_error(np.asarray(float(value)), tloss.numpy()), tolerance)]
+    grads = model.named_grads()
+    for k in trainable:
+        rows.append(CheckResult(name, k, rel_error(grads[k], tparams[tnames[k]].grad.numpy()), tolerance))
+
+    if steps:
+        opt = AdamW(model, lr=lr, weight_decay=weight_decay)
+        topt = torch.optim.AdamW([tparams[tnames[k]] for k in trainable], lr=lr,
+                                 weight_decay=weight_decay, foreach=False)
+        worst = dict.fromkeys(trainable, 0.0)
+        for step in range(steps):
+            if step:
+                both_steps()
+            opt.step()
+            topt.step()
+            now = model.named_parameters(trainable=True)
+            for k in trainable:
+                err = rel_error(now[k], tparams[tnames[k]].detach().numpy())
+                worst[k] = max(worst[k], err)
+        rows += [CheckResult(name, f"adamw{steps} {k}", worst[k], adamw_tolerance) for k in trainable]
+    return rows
