@@ -1,0 +1,101 @@
+"""Causal scaled dot-product attention (Vaswani et al., 2017) over H heads, as one pair.
+
+    S = q kᵀ / √hd + M,      M_ts = 0 if s <= t else −∞     (position t sees only s <= t)
+    P = softmax(S)  (each row),      out = P v
+
+All heads and batch rows go through one batched matmul on 4-D arrays (B, H, T, hd): there is
+no Python loop over batch, heads or time. ``split_heads`` / ``merge_heads`` move between the
+model's (B, T, C) layout and the per-head (B, H, T, hd) layout, C = H · hd.
+
+Convention: attention has three array inputs and no parameters, so its backward returns
+``(None, {"q": dq, "k": dk, "v": dv})`` — the package's ``(dx, grads)`` shape with the three
+input gradients in the dict (``gradcheck.check_pair`` then checks all three by name).
+"""
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+from ..backend import check_float, check_same_dtype, namespace
+
+
+def split_heads(x, n_head: int):
+    """(B, T, C) -> (B, H, T, hd) with hd = C / H; head h holds channels [h·hd, (h+1)·hd)."""
+    B, T, C = x.shape
+    if isinstance(n_head, bool) or not isinstance(n_head, int) or n_head < 1 or C % n_head:
+        raise ValueError(
+            f"split_heads: n_head = {n_head!r} must be a positive int dividing the width C = {C}"
+        )
+    xp = namespace(x)
+    x = xp.reshape(x, (B, T, n_head, C // n_head))  # (B, T, H, hd)  a view
+    return xp.permute_dims(x, (0, 2, 1, 3))  # (B, H, T, hd)  a view; matmul takes strides
+
+
+def merge_heads(x):
+    """(B, H, T, hd) -> (B, T, C), the inverse of ``split_heads`` (and its backward)."""
+    B, H, T, hd = x.shape
+    xp = namespace(x)
+    x = xp.permute_dims(x, (0, 2, 1, 3))  # (B, T, H, hd)
+    return xp.reshape(x, (B, T, H * hd))  # one copy here: the heads become contiguous channels
+
+
+def causal_bias(T: int, xp, dtype):
+    """M (T, T): 0 on and below the diagonal, −∞ above (s > t is the future of t)."""
+    i = xp.arange(T)
+    zero = xp.zeros((T, T), dtype=dtype)
+    return xp.where(i[:, None] >= i[None, :], zero, zero - math.inf)
+
+
+class AttentionCache(NamedTuple):
+    qs: object  # (B, H, T, hd)  q / √hd
+    k: object  # (B, H, T, hd)
+    v: object  # (B, H, T, hd)
+    att: object  # (B, H, T, T)   P = softmax(S); exactly 0 above the diagonal
+    scale: float  # 1 / √hd
+
+
+def attention_forward(q, k, v):
+    """out = softmax(q kᵀ / √hd + M) v      (causal mask M, stable softmax over the last axis)
+
+    Inputs:  q, k, v (B, H, T, hd)
+    Returns: out (B, H, T, hd), cache (holds the attention weights ``cache.att`` (B, H, T, T))
+    """
+    for name, a in (("q", q), ("k", k), ("v", v)):
+        check_float(name, a, "attention")
+    check_same_dtype("attention", q=q, k=k, v=v)
+    if q.ndim != 4 or tuple(k.shape) != tuple(q.shape) or tuple(v.shape) != tuple(q.shape):
+        raise ValueError(
+            "attention: q, k, v must share one shape (B, H, T, hd), got "
+            f"q {tuple(q.shape)}, k {tuple(k.shape)}, v {tuple(v.shape)}"
+        )
+    xp = namespace(q, k, v)
+    T, hd = q.shape[2], q.shape[3]
+    scale = 1.0 / math.sqrt(hd)
+    qs = q * scale  # (B, H, T, hd); scaling q costs T·hd per head, scaling S would cost T·T
+    s = qs @ xp.matrix_transpose(k)  # (B, H, T, T)
+    s += causal_bias(T, xp, q.dtype)  # in place (here and below): no extra (B, H, T, T) buffers
+    s -= xp.max(s, axis=-1, keepdims=True)  # the diagonal is never masked: every max is finite
+    att = xp.exp(s)  # (B, H, T, T); exp(−∞) = 0 above the diagonal
+    att /= xp.sum(att, axis=-1, keepdims=True)
+    return att @ v, AttentionCache(qs, k, v, att, scale)
+
+
+def attention_backward(dout, cache: AttentionCache):
+    """Backward of ``attention_forward``:
+
+        dv = Pᵀ dout                        dP = dout vᵀ
+        dS = P ⊙ (dP − rowsum(dP ⊙ P))      (softmax backward; 0 wherever P is masked)
+        dq = dS k / √hd                     dk = dSᵀ q / √hd
+
+    Inputs:  dout (B, H, T, hd), cache from ``attention_forward``
+    Returns: (None, {"q": dq, "k": dk, "v": dv}), each (B, H, T, hd)
+    """
+    qs, k, v, att, scale = cache
+    xp = namespace(dout, att)
+    dv = xp.matrix_transpose(att) @ dout  # (B, H, T, hd)
+    ds = dout @ xp.matrix_transpose(v)  # (B, H, T, T)  dP, turned into dS in place below
+    ds -= xp.sum(ds * att, axis=-1, keepdims=True)
+    ds *= att
+    dq = (ds @ k) * scale  # (B, H, T, hd)
+    dk = xp.matrix_transpose(ds) @ qs  # (B, H, T, hd); qs already carries the 1/√hd
+    return None, {"q": dq, "k": dk, "v": dv}
