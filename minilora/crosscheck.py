@@ -32,7 +32,7 @@ from .nn.linear import LoRALinear
 from .optim import AdamW
 
 GRAD_TOLERANCE = 1e-10  # float64: forward, loss and every gradient vs PyTorch (rel. error)
-ADAMW_TOLERANCE = 1e-12 # float64: every trainable array after k AdamW steps (rel. error)
+ADAMW_TOLERANCE = 1e-12  # float64: every trainable array after k AdamW steps (rel. error)
 INTEROP_TOLERANCE = 1e-5  # float32: outputs of an adapter moved between minilora and PEFT
 
 INSTALL_HINT = (
@@ -310,4 +310,64 @@ def compare_with_torch(model, x, y, loss: str = "cross_entropy", steps: int = 3,
                 err = rel_error(now[k], tparams[tnames[k]].detach().numpy())
                 worst[k] = max(worst[k], err)
         rows += [CheckResult(name, f"adamw{steps} {k}", worst[k], adamw_tolerance) for k in trainable]
+    return rows
+
+
+# ----------------------------------------------------------------------------- the suite
+
+
+def perturb_lora_B(model, seed=0, std: float = 0.5):
+    """Give every adapter's B random values (it starts at 0, where dA = 0 and A's gradient check
+    would pass trivially). Returns the model."""
+    gen = backend.rng(seed)
+    for layer in model.lora_layers().values():
+        for ad in layer.adapters.values():
+            B = ad.params["B"]
+            B[...] = backend.from_numpy(std * gen.standard_normal(tuple(B.shape)), backend.namespace(B))
+    return model
+
+
+def cases(full: bool = False, seed: int = 0) -> dict:
+    """Named cross-check cases: ``{name: build}``, ``build() -> (model, x, y, loss)``.
+
+    MLP and GPT (when present), full fine-tuning and LoRA on the attention q, v or on every
+    linear layer, each with dropout off and with dropout masks drawn by minilora and replayed.
+    """
+    from .nn.mlp import MLP  # noqa: PLC0415
+
+    sizes, N = ((32, 48, 24, 10), 16) if full else ((5, 7, 3), 6)
+
+    def mlp(activation, targets=None, dropout=None, loss="cross_entropy", rslora=False):
+        def build():
+            gen = backend.rng(seed)
+            model = MLP(sizes, activation, seed=seed, dtype="float64")
+            if targets is not None:
+                model.add_lora(targets, r=2, alpha=4, rslora=rslora, dropout=dropout or 0.0, seed=seed)
+                perturb_lora_B(model, seed)
+            model.train()
+            x = gen.standard_normal((N, sizes[0]))
+            y = gen.integers(0, sizes[-1], N) if loss == "cross_entropy" else gen.standard_normal((N, sizes[-1]))
+            return model, x, y, loss
+        return build
+
+    out = {
+        "mlp full": mlp("gelu"),
+        "mlp lora(all)": mlp("relu", ["fc*"]),
+        "mlp lora(all) mask": mlp("gelu", ["fc*"], dropout=0.3),
+        "mlp lora(fc1) rslora mse": mlp("gelu", ["fc1"], loss="mse", rslora=True),
+    }
+    out.update(_gpt_cases(full, seed))
+    return out
+
+
+def _gpt_cases(full, seed):
+    return {}
+
+
+def suite(full: bool = False, steps: int = 3, seed: int = 0) -> list:
+    """``compare_with_torch`` on every case of ``cases(full)``; one list of ``CheckResult``."""
+    rows = []
+    for name, build in cases(full, seed).items():
+        model, x, y, loss = build()
+        rows += compare_with_torch(model, x, y, loss=loss, steps=steps, name=name)
     return rows

@@ -1,0 +1,171 @@
+"""``minilora gradcheck``: every hand-written backward against finite differences, and the whole
+models against PyTorch/PEFT when they are installed.
+
+    minilora gradcheck [--full] [--no-torch]
+
+Three tables, each row ``component | array | relative error | tolerance | pass/fail``:
+
+1. layer pairs: each ``*_backward`` against central differences of ``Σ forward(...) ⊙ dout``;
+2. whole models (MLP, GPT; full fine-tuning and LoRA): every trainable gradient of the loss;
+3. PyTorch/PEFT: forward, loss, gradients and AdamW steps of the same model rebuilt in PyTorch.
+
+The exit status is 1 if any row fails. Default shapes take seconds; ``--full`` uses larger ones and
+checks every entry of every array.
+
+The functions are looked up on their modules at call time (``lora.lora_backward``, not a copy
+taken at import), so a test that monkeypatches one term of a backward sees this report fail.
+"""
+from __future__ import annotations
+
+import importlib
+import time
+
+import numpy as np
+
+from .. import backend, gradcheck
+from ..crosscheck import perturb_lora_B
+from ..functional import activations, linear, lora, losses
+
+TOLERANCE = gradcheck.TOLERANCE  # float64 finite differences, h = 1e-6
+
+
+def _optional(name: str):
+    """``minilora.functional.<name>`` if it exists in this checkout, else ``None``."""
+    try:
+        return importlib.import_module(f"minilora.functional.{name}")
+    except ModuleNotFoundError:
+        return None
+
+
+def _normal(gen, *shape):
+    return gen.standard_normal(shape)  # float64 NumPy: finite differences need float64
+
+
+# ----------------------------------------------------------------------------- layer pairs
+
+
+def pair_checks(full: bool = False, seed: int = 0) -> list:
+    """Finite-difference check of every forward/backward pair in ``minilora.functional``."""
+    gen = backend.rng(seed)
+    N, d_in, d_out, r = (16, 32, 24, 4) if full else (4, 5, 3, 2)
+    B, H, T, hd, V = (2, 4, 8, 8, 20) if full else (2, 2, 4, 3, 7)
+    rows = []
+
+    def check(name, forward, backward, inputs, wrt=None):
+        rows.extend(gradcheck.check_pair(forward, backward, inputs, wrt=wrt, seed=seed, name=name))
+
+    x = _normal(gen, N, d_in)
+    W, b = _normal(gen, d_out, d_in), _normal(gen, d_out)
+    A, Bm = _normal(gen, r, d_in), _normal(gen, d_out, r)  # B ≠ 0, or dA would be 0 and trivially right
+    mask = backend.dropout_mask(gen, (N, d_in), 0.25, "float64")
+
+    check("linear", lambda x, W, b: linear.linear_forward(x, W, b),
+          lambda d, c: linear.linear_backward(d, c), {"x": x, "W": W, "b": b})
+    for label, m in (("lora", None), ("lora+mask", mask)):
+        check(label, lambda x, A, B, m=m: lora.lora_forward(x, W, b, A, B, 1.5, m),
+              lambda d, c: lora.lora_backward(d, c), {"x": x.copy(), "A": A.copy(), "B": Bm.copy()})
+
+    z = _normal(gen, N, d_out)
+    z += np.where(z >= 0, 0.1, -0.1)  # keep ReLU's kink out of reach of ±h
+    check("relu", lambda x: activations.relu_forward(x), lambda d, c: activations.relu_backward(d, c),
+          {"x": z})
+    check("gelu", lambda x: activations.gelu_forward(x), lambda d, c: activations.gelu_backward(d, c),
+          {"x": 2.0 * _normal(gen, N, d_out)})
+    y = gen.integers(0, d_out, N)
+    check("cross_entropy", lambda x: losses.softmax_cross_entropy_forward(x, y),
+          lambda d, c: losses.softmax_cross_entropy_backward(d, c), {"x": _normal(gen, N, d_out)})
+    target = _normal(gen, N, d_out)
+    check("mse", lambda x: losses.mse_forward(x, target), lambda d, c: losses.mse_backward(d, c),
+          {"x": _normal(gen, N, d_out)})
+
+    ln = _optional("layernorm")
+    if ln is not None:
+        check("layernorm", lambda x, gamma, beta: ln.layernorm_forward(x, gamma, beta),
+              lambda d, c: ln.layernorm_backward(d, c),
+              {"x": _normal(gen, B, T, d_in), "gamma": 1.0 + 0.1 * _normal(gen, d_in),
+               "beta": _normal(gen, d_in)})
+    att = _optional("attention")
+    if att is not None:
+        check("attention", lambda q, k, v: att.attention_forward(q, k, v),
+              lambda d, c: att.attention_backward(d, c),
+              {"q": _normal(gen, B, H, T, hd), "k": _normal(gen, B, H, T, hd),
+               "v": _normal(gen, B, H, T, hd)}, wrt=["q", "k", "v"])
+    emb = _optional("embedding")
+    if emb is not None:
+        ids = gen.integers(0, V, (B, T))
+        ids[0, :2] = 1  # a repeated id: its gradients must add up
+        check("embedding", lambda W: emb.embedding_forward(ids, W),
+              lambda d, c: emb.embedding_backward(d, c), {"W": _normal(gen, V, hd)}, wrt=["W"])
+        if hasattr(emb, "position_forward"):
+            check("position", lambda P: emb.position_forward(P, T),
+                  lambda d, c: emb.position_backward(d, c), {"P": _normal(gen, T + 2, hd)}, wrt=["P"])
+    return rows
+
+
+# ----------------------------------------------------------------------------- whole models
+
+
+def model_checks(full: bool = False, seed: int = 0) -> list:
+    """Finite-difference check of every trainable gradient of whole models on one batch."""
+    from ..nn import MLP  # noqa: PLC0415
+
+    gen = backend.rng(seed)
+    entries = None if full else 40
+    sizes, N = ((32, 48, 24, 10), 16) if full else ((6, 8, 4), 5)
+    x, y = _normal(gen, N, sizes[0]), gen.integers(0, sizes[-1], N)
+    rows = []
+
+    def check(name, model, x, y, loss="cross_entropy"):
+        rows.extend(gradcheck.check_model(model, x, y, loss=loss, max_entries=entries, seed=seed, name=name))
+
+    check("MLP full", MLP(sizes, "gelu", seed=seed, dtype="float64"), x, y)
+    m = MLP(sizes, "relu", seed=seed, dtype="float64").add_lora(r=2, alpha=4)
+    check("MLP lora(fc*)", perturb_lora_B(m, seed), x, y)
+    m = MLP(sizes, "gelu", seed=seed, dtype="float64").add_lora(r=2, alpha=4, rslora=True)
+    check("MLP lora(fc*) mse", perturb_lora_B(m, seed), x, _normal(gen, N, sizes[-1]), loss="mse")
+    return rows
+
+
+# ----------------------------------------------------------------------------- report
+
+
+def _section(title: str, rows: list, seconds: float) -> str:
+    bad = sum(not r.passed for r in rows)
+    return (f"\n{title}  ({len(rows)} checks, {bad} failed, {seconds:.1f} s)\n"
+            + gradcheck.format_table(rows))
+
+
+def main(full: bool = False, torch: bool = True) -> int:
+    """Run every check, print the tables; 0 if all pass, 1 otherwise."""
+    print("minilora gradcheck" + (" --full" if full else "")
+          + ": relative error ‖a − n‖ / max(‖a‖, ‖n‖) in float64")
+    all_rows = []
+    t = time.perf_counter()
+    rows = pair_checks(full)
+    print(_section("Layer pairs vs central differences (h = 1e-6)", rows, time.perf_counter() - t))
+    all_rows += rows
+
+    t = time.perf_counter()
+    rows = model_checks(full)
+    print(_section("Whole models vs central differences (loss of one batch)", rows, time.perf_counter() - t))
+    all_rows += rows
+
+    if not torch:
+        print("\nPyTorch/PEFT comparison skipped: --no-torch")
+    else:
+        from .. import crosscheck  # noqa: PLC0415
+
+        ok, why = crosscheck.available()
+        if not ok:
+            print(f"\nPyTorch/PEFT comparison skipped: {why}")
+        else:
+            t = time.perf_counter()
+            rows = crosscheck.suite(full)
+            print(_section("Same models in PyTorch/PEFT (float64)", rows, time.perf_counter() - t))
+            all_rows += rows
+
+    bad = [r for r in all_rows if not r.passed]
+    print(f"\n{len(all_rows)} checks, {len(bad)} failed" + (":" if bad else "; all pass"))
+    for r in bad:
+        print(f"  FAIL {r.component} {r.array}: {r.rel_error:.2e} > {r.tolerance:.0e}")
+    return 1 if bad else 0
