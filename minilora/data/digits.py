@@ -51,11 +51,17 @@ def load_digits(domain: str = "upright", dtype: str = "float32", test_fraction: 
 
 
 def batches(x, y, batch_size: int, seed: int = 0):
-    """Endless shuffled mini-batches ``(x_b, y_b)`` (arrays of any backend, indexed on the host)."""
+    """Endless shuffled mini-batches ``(x_b, y_b)`` of arrays on ``x``'s backend.
+
+    The shuffle is drawn by a seeded NumPy generator, so every backend sees the same batches.
+    """
+    from .. import backend
+
     gen = np.random.default_rng(seed)
-    n = len(y)
+    xp = backend.namespace(x, y)
+    n = int(y.shape[0])
     while True:
-        order = gen.permutation(n)
+        order = backend.from_numpy(gen.permutation(n), xp)
         for i in range(0, n - batch_size + 1, batch_size):
             idx = order[i : i + batch_size]
-            yield x[idx], y[idx]
+            yield xp.take(x, idx, axis=0), xp.take(y, idx, axis=0)
