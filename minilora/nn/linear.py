@@ -42,7 +42,7 @@ class Linear(Module):
     def backward(self, dout, need_dx: bool = True):
         frozen = "W" in self.frozen
         dx, grads = linear_backward(dout, self.cache, frozen=frozen, need_dx=need_dx)
-        if "b" in self.params and "b" in self.frozen:
+        if "b" not in self.params or "b" in self.frozen:  # no bias, or a frozen one: no db
             grads.pop("b", None)
         self.grads = grads
         return dx
