@@ -208,7 +208,8 @@ def merge_drift(model, adapter: str, dtypes=("float64", "float32", "float16")) -
     For each dtype, every layer's W, A, B are cast to it and the layer's own arithmetic is
     replayed: W₁ = W + ΔW, W₂ = W₁ − ΔW. Returns ``{dtype: {"max_abs": max|W₂ − W|,
     "max_rel": max|W₂ − W| / max|W|, "fro_rel": ‖W₂ − W‖ / ‖W‖, "per_layer": {path: max_abs}}}``
-    (maxima over layers; differences taken in float64). The adapter must not be merged.
+    (maxima over layers; differences taken in float64). The adapter must not be merged. A dtype
+    the model's namespace lacks (array-api-strict has no float16) is measured with NumPy.
     """
     layers = _layers_with(model, adapter)
     out = {}
@@ -219,11 +220,14 @@ def merge_drift(model, adapter: str, dtypes=("float64", "float32", "float16")) -
         for p, m in layers.items():
             if m.merged is not None:
                 raise ValueError(f"{p}: adapter {m.merged!r} is merged; unmerge_adapter() before measuring")
-            W = m.base.params["W"]
-            xp = backend.namespace(W)
             ad = m.adapters[adapter]
+            W, A, B = m.base.params["W"], ad.params["A"], ad.params["B"]
+            xp = backend.namespace(W)
+            if not hasattr(xp, dt):  # e.g. array-api-strict has no float16: measure on the host
+                xp = backend.resolve_device("cpu")
+                W, A, B = (backend.move(a, xp) for a in (W, A, B))
             to = getattr(xp, dt)
-            W0, A, B = xp.astype(W, to), xp.astype(ad.params["A"], to), xp.astype(ad.params["B"], to)
+            W0, A, B = xp.astype(W, to), xp.astype(A, to), xp.astype(B, to)
             W2 = (W0 + lora_delta(A, B, ad.scale)) - lora_delta(A, B, ad.scale)
             d = xp.astype(W2, xp.float64) - xp.astype(W0, xp.float64)
             w64 = xp.astype(W0, xp.float64)
