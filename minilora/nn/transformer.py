@@ -178,19 +178,24 @@ class CausalSelfAttention(Module):
             self.add_child(name, _normal_linear(C, C, s, gen, dtype=dtype, device=device))
 
     def forward(self, x):
-        ch, H = self.children, self.n_head
-        q = split_heads(ch["q"].forward(x), H)  # (B, H, T, hd)
-        k = split_heads(ch["k"].forward(x), H)
-        v = split_heads(ch["v"].forward(x), H)
+        B, T, C = x.shape
+        ch, H, xp = self.children, self.n_head, backend.namespace(x)
+        x2 = xp.reshape(x, (B * T, C))  # (N, C) view: 2-D matmuls run far faster than 3-D ones
+        q = split_heads(xp.reshape(ch["q"].forward(x2), (B, T, C)), H)  # (B, H, T, hd)
+        k = split_heads(xp.reshape(ch["k"].forward(x2), (B, T, C)), H)
+        v = split_heads(xp.reshape(ch["v"].forward(x2), (B, T, C)), H)
         y, self.cache = attention_forward(q, k, v)  # (B, H, T, hd)
-        return ch["o"].forward(merge_heads(y))  # (B, T, C)
+        y = ch["o"].forward(xp.reshape(merge_heads(y), (B * T, C)))  # (N, C)
+        return xp.reshape(y, (B, T, C))
 
     def backward(self, dout, need_dx: bool = True):
-        ch, H = self.children, self.n_head
-        dy = ch["o"].backward(dout)  # (B, T, C)
-        _, g = attention_backward(split_heads(dy, H), self.cache)  # dq, dk, dv (B, H, T, hd)
-        dxs = [ch[n].backward(merge_heads(g[n]), need_dx=need_dx) for n in ("q", "k", "v")]
-        return dxs[0] + dxs[1] + dxs[2] if need_dx else None
+        B, T, C = dout.shape
+        ch, H, xp = self.children, self.n_head, backend.namespace(dout)
+        dy = ch["o"].backward(xp.reshape(dout, (B * T, C)))  # (N, C)
+        _, g = attention_backward(split_heads(xp.reshape(dy, (B, T, C)), H), self.cache)
+        dxs = [ch[n].backward(xp.reshape(merge_heads(g[n]), (B * T, C)), need_dx=need_dx)
+               for n in ("q", "k", "v")]  # dq, dk, dv back through their projections
+        return xp.reshape(dxs[0] + dxs[1] + dxs[2], (B, T, C)) if need_dx else None
 
 
 class FeedForward(Module):
@@ -203,13 +208,17 @@ class FeedForward(Module):
         self.add_child("fc2", _normal_linear(hidden, C, proj_std, gen, dtype=dtype, device=device))
 
     def forward(self, x):
-        a, self.cache = gelu_forward(self.children["fc1"].forward(x))  # (B, T, 4C)
-        return self.children["fc2"].forward(a)
+        xp = backend.namespace(x)
+        x2 = xp.reshape(x, (-1, x.shape[-1]))  # (N, C) view: 2-D matmuls run far faster than 3-D
+        a, self.cache = gelu_forward(self.children["fc1"].forward(x2))  # (N, 4C)
+        return xp.reshape(self.children["fc2"].forward(a), tuple(x.shape))
 
     def backward(self, dout, need_dx: bool = True):
-        da = self.children["fc2"].backward(dout)
+        xp = backend.namespace(dout)
+        da = self.children["fc2"].backward(xp.reshape(dout, (-1, dout.shape[-1])))  # (N, 4C)
         dh, _ = gelu_backward(da, self.cache)
-        return self.children["fc1"].backward(dh, need_dx=need_dx)
+        dx = self.children["fc1"].backward(dh, need_dx=need_dx)
+        return xp.reshape(dx, tuple(dout.shape)) if need_dx else None
 
 
 class Block(Module):
@@ -304,7 +313,10 @@ class GPT(Module):
         x = ch["wte"].forward(ids) + ch["wpe"].forward(ids.shape[1])  # (B, T, C)
         for block in ch["blocks"].children.values():
             x = block.forward(x)
-        return ch["lm_head"].forward(ch["ln_f"].forward(x))  # (B, T, V)
+        B, T, C = x.shape
+        xp = backend.namespace(x)
+        x = ch["ln_f"].forward(xp.reshape(x, (B * T, C)))  # (N, C) view for a 2-D matmul
+        return xp.reshape(ch["lm_head"].forward(x), (B, T, self.config.vocab_size))  # (B, T, V)
 
     def backward(self, dlogits, need_dx: bool = False):
         """Gradients of every trainable array from dlogits (B, T, V); returns None (ids are integers).
@@ -317,8 +329,11 @@ class GPT(Module):
         below = [trainable(ch["wte"]) or trainable(ch["wpe"])]  # below[i]: trainable under block i
         for b in blocks:
             below.append(below[-1] or trainable(b))
-        d = ch["lm_head"].backward(dlogits, need_dx=below[-1] or trainable(ch["ln_f"]))
+        B, T, V = dlogits.shape
+        xp = backend.namespace(dlogits)
+        d = ch["lm_head"].backward(xp.reshape(dlogits, (B * T, V)), need_dx=below[-1] or trainable(ch["ln_f"]))
         d = ch["ln_f"].backward(d, need_dx=below[-1]) if d is not None else ch["ln_f"].zero_grad()
+        d = xp.reshape(d, (B, T, d.shape[-1])) if d is not None else None  # (B, T, C)
         for i in range(len(blocks) - 1, -1, -1):  # (B, T, C) flows down the residual stream
             d = blocks[i].backward(d, need_dx=below[i]) if d is not None else blocks[i].zero_grad()
         for name in ("wte", "wpe"):
