@@ -33,7 +33,7 @@ from dataclasses import dataclass
 
 from . import backend
 from . import safetensors as st
-from .functional.lora import check_lora, lora_delta, lora_scale
+from .functional.lora import check_lora, lora_delta
 from .nn.linear import Linear, LoRAAdapter, LoRALinear
 from .nn.lora import add_lora, linear_paths, lora_layers
 

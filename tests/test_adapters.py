@@ -12,7 +12,7 @@ import pytest
 from minilora import MLP, backend
 from minilora import adapters as ad
 from minilora import safetensors as st
-from minilora.nn.linear import Linear, LoRALinear
+from minilora.nn.linear import LoRALinear
 
 from conftest import arr
 
@@ -494,12 +494,12 @@ def test_svd_truncation_is_eckart_young_optimal(xp):
     assert np.isclose(out["layers"]["fc1"]["fro_error"], err, rtol=1e-9)
     assert np.isclose(out["layers"]["fc1"]["discarded_energy"], np.sum(sigma[k:] ** 2), rtol=1e-9)
     assert np.linalg.matrix_rank(delta(m, "s2", "fc1")) == k
-    # no other rank-k matrix does better: each adapter's own ΔW (rank 2, rescaled optimally) and
-    # random rank-k matrices projected onto the target all leave a larger error
+    # no other rank-k matrix does better: for the column space of adapter a's ΔW (rank 2) and of
+    # random rank-k matrices, the best matrix in that space, Q Qᵀ target, leaves a larger error
     g = np.random.default_rng(0)
-    for cand in [delta(m, "a", "fc1"), delta(m, "b", "fc1")[:, :]] + [g.standard_normal((7, k)) @ g.standard_normal((k, 8)) for _ in range(20)]:
-        U, _, _ = np.linalg.svd(cand)
-        Q = U[:, :k]  # best matrix with cand's column space: Q Qᵀ target
+    spaces = [delta(m, "a", "fc1")] + [g.standard_normal((7, k)) @ g.standard_normal((k, 8)) for _ in range(20)]
+    for cand in spaces:
+        Q = np.linalg.svd(cand)[0][:, :k]
         assert np.linalg.norm(target - Q @ Q.T @ target) >= err * (1 - 1e-12)
 
 
@@ -559,21 +559,21 @@ def test_combined_adapter_saves_and_loads(tmp_path):
 def _torch_twin(model):
     torch = pytest.importorskip("torch")
 
-    class Twin(torch.nn.Module):
+    bases = {p: (l.base if isinstance(l, LoRALinear) else l) for p in ("fc1", "fc2") for l in [model.get_module(p)]}
+
+    class Twin(torch.nn.Module):  # same attribute names as minilora's paths: fc1, fc2
         def __init__(self):
             super().__init__()
-            self.fc1 = torch.nn.Linear(*reversed(model.fc1.W.shape if isinstance(model.fc1, Linear) else model.fc1.base.W.shape))
-            self.fc2 = torch.nn.Linear(*reversed(model.fc2.W.shape if isinstance(model.fc2, Linear) else model.fc2.base.W.shape))
+            self.fc1 = torch.nn.Linear(bases["fc1"].d_in, bases["fc1"].d_out)
+            self.fc2 = torch.nn.Linear(bases["fc2"].d_in, bases["fc2"].d_out)
 
         def forward(self, x):
             return self.fc2(torch.relu(self.fc1(x)))
 
     twin = Twin().double()
     with torch.no_grad():
-        for p in ("fc1", "fc2"):
-            layer = model.get_module(p)
-            base = layer.base if isinstance(layer, LoRALinear) else layer
-            getattr(twin, p).weight.copy_(torch.from_numpy(host(base.W)))
+        for p, base in bases.items():
+            getattr(twin, p).weight.copy_(torch.from_numpy(host(base.W)))  # (d_out, d_in) both
             getattr(twin, p).bias.copy_(torch.from_numpy(host(base.b)))
     return torch, twin
 
