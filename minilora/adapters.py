@@ -34,8 +34,8 @@ from dataclasses import dataclass
 from . import backend
 from . import safetensors as st
 from .functional.lora import check_lora, lora_delta
-from .nn.linear import Linear, LoRAAdapter, LoRALinear
-from .nn.lora import add_lora, linear_paths, lora_layers
+from .nn.linear import LoRAAdapter, LoRALinear
+from .nn.lora import add_lora, linear_paths, lora_layers, wrap_with_lora
 
 WEIGHTS_NAME = "adapter_model.safetensors"
 CONFIG_NAME = "adapter_config.json"
@@ -675,13 +675,7 @@ def _install(model, name, plans, rslora=False, dropout=0.0, init="gaussian", tra
     model.freeze()  # as add_lora: the base (and older adapters) stay frozen
     ref = None
     for plan in plans:
-        layer = model.get_module(plan.path)
-        if isinstance(layer, Linear):  # wrap exactly as nn.lora.add_lora does
-            wrapped = LoRALinear(layer)
-            wrapped.training = layer.training
-            model.set_module(plan.path, wrapped)
-            wrapped.path, layer.path = plan.path, f"{plan.path}.base"
-            layer = wrapped
+        layer = wrap_with_lora(model, plan.path)
         ad = layer.add_adapter(name, plan.r, plan.alpha, rslora, dropout, init, seed=0)
         ref = layer.base.params["W"]
         xp = backend.namespace(ref)

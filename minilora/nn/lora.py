@@ -51,6 +51,19 @@ def resolve_targets(model, targets) -> list:
     return [p for p in available if p in chosen]  # model order
 
 
+def wrap_with_lora(model, path: str) -> LoRALinear:
+    """Replace the ``Linear`` at ``path`` by a ``LoRALinear`` around it (no adapter yet) and return
+    it; an existing ``LoRALinear`` is returned as it is. The one place layers get wrapped."""
+    layer = model.get_module(path)
+    if not isinstance(layer, LoRALinear):
+        wrapped = LoRALinear(layer)
+        wrapped.training = layer.training
+        model.set_module(path, wrapped)
+        layer = wrapped
+    layer.path, layer.base.path = path, f"{path}.base"
+    return layer
+
+
 def _per_target(value, path, name):
     if not isinstance(value, dict):
         return value
@@ -87,13 +100,7 @@ def add_lora(model, targets=None, r=8, alpha=16, rslora=False, dropout=0.0, init
         plan.append((path, layer, rr, aa))
     model.freeze()
     for path, layer, rr, aa in plan:
-        if not isinstance(layer, LoRALinear):
-            wrapped = LoRALinear(layer)
-            wrapped.training = layer.training
-            model.set_module(path, wrapped)
-            layer = wrapped
-        layer.path = path
-        layer.base.path = f"{path}.base"
+        layer = wrap_with_lora(model, path)
         layer.add_adapter(adapter, rr, aa, rslora, dropout, init, seed=gen.integers(2**63))
         if activate and layer.merged is None:
             layer.set_active(adapter)
