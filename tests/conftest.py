@@ -4,7 +4,6 @@
 - ``array_api_strict`` always (a strict namespace: any NumPy-only call in the math fails here);
 - ``cupy``             automatically when CuPy imports and a GPU is usable.
 """
-import os
 
 import numpy as np
 import pytest

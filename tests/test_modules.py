@@ -4,7 +4,6 @@ import copy
 import numpy as np
 import pytest
 
-from conftest import arr
 from minilora import MLP, AdamW, backend, train_step
 from minilora.nn import Linear, LoRALinear
 
