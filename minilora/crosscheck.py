@@ -100,7 +100,67 @@ def _torch_classes():
                     x = torch.relu(x) if self.activation == "relu" else F.gelu(x, approximate="tanh")
             return x
 
-    return {"MaskReplay": MaskReplay, "TorchMLP": TorchMLP}
+    class TorchAttention(nn.Module):
+        """``CausalSelfAttention``: q, k, v, o (C -> C, bias) around PyTorch's own causal SDPA."""
+
+        def __init__(self, C, n_head, dtype):
+            super().__init__()
+            self.n_head = n_head
+            for name in ("q", "k", "v", "o"):
+                setattr(self, name, nn.Linear(C, C, dtype=dtype))
+
+        def forward(self, x):
+            B, T, C = x.shape
+            H = self.n_head
+
+            def split(t):  # (B, T, C) -> (B, H, T, hd)
+                return t.view(B, T, H, C // H).transpose(1, 2)
+
+            y = F.scaled_dot_product_attention(split(self.q(x)), split(self.k(x)), split(self.v(x)),
+                                               is_causal=True)
+            return self.o(y.transpose(1, 2).reshape(B, T, C))
+
+    class TorchFeedForward(nn.Module):
+        def __init__(self, C, hidden, dtype):
+            super().__init__()
+            self.fc1 = nn.Linear(C, hidden, dtype=dtype)
+            self.fc2 = nn.Linear(hidden, C, dtype=dtype)
+
+        def forward(self, x):
+            return self.fc2(F.gelu(self.fc1(x), approximate="tanh"))
+
+    class TorchBlock(nn.Module):
+        def __init__(self, c, dtype):
+            super().__init__()
+            self.ln1 = nn.LayerNorm(c.n_embd, eps=c.ln_eps, dtype=dtype)
+            self.attn = TorchAttention(c.n_embd, c.n_head, dtype)
+            self.ln2 = nn.LayerNorm(c.n_embd, eps=c.ln_eps, dtype=dtype)
+            self.mlp = TorchFeedForward(c.n_embd, c.mlp_ratio * c.n_embd, dtype)
+
+        def forward(self, x):
+            h = x + self.attn(self.ln1(x))
+            return h + self.mlp(self.ln2(h))
+
+    class TorchGPT(nn.Module):
+        """minilora's ``GPT``: wte, wpe, blocks.{i}.{ln1, attn.{q,k,v,o}, ln2, mlp.{fc1,fc2}},
+        ln_f, lm_head (no bias, not tied)."""
+
+        def __init__(self, c, dtype):
+            super().__init__()
+            self.wte = nn.Embedding(c.vocab_size, c.n_embd, dtype=dtype)
+            self.wpe = nn.Embedding(c.n_ctx, c.n_embd, dtype=dtype)
+            self.blocks = nn.ModuleList([TorchBlock(c, dtype) for _ in range(c.n_layer)])
+            self.ln_f = nn.LayerNorm(c.n_embd, eps=c.ln_eps, dtype=dtype)
+            self.lm_head = nn.Linear(c.n_embd, c.vocab_size, bias=False, dtype=dtype)
+
+        def forward(self, ids):
+            T = ids.shape[1]
+            x = self.wte(ids) + self.wpe(torch.arange(T))
+            for block in self.blocks:
+                x = block(x)
+            return self.lm_head(self.ln_f(x))
+
+    return {"MaskReplay": MaskReplay, "TorchMLP": TorchMLP, "TorchGPT": TorchGPT}
 
 
 def _torch_dtype(dtype: str):
@@ -150,8 +210,10 @@ def torch_twin(model, dtype: str = "float64"):
     classes = _torch_classes()
     if isinstance(model, MLP):
         twin = classes["TorchMLP"](model.sizes, model.activation, _torch_dtype(dtype))
+    elif type(model).__name__ == "GPT":
+        twin = classes["TorchGPT"](model.config, _torch_dtype(dtype))
     else:
-        twin = _gpt_twin(model, dtype)
+        raise TypeError(f"torch_twin: no PyTorch twin for {type(model).__name__}")
     state = {
         torch_name(k): to_torch(v, dtype)
         for k, v in model.named_parameters().items()
@@ -159,10 +221,6 @@ def torch_twin(model, dtype: str = "float64"):
     }
     twin.load_state_dict(state, strict=True)
     return twin
-
-
-def _gpt_twin(model, dtype):
-    raise TypeError(f"torch_twin: no PyTorch twin for {type(model).__name__}")
 
 
 # ----------------------------------------------------------------------------- PEFT
@@ -361,7 +419,39 @@ def cases(full: bool = False, seed: int = 0) -> dict:
 
 
 def _gpt_cases(full, seed):
-    return {}
+    try:
+        from .nn.transformer import GPT, GPTConfig  # noqa: PLC0415
+    except ModuleNotFoundError:  # pragma: no cover - a checkout without the transformer
+        return {}
+    if full:
+        config, (B, T) = GPTConfig(vocab_size=17, n_ctx=16, n_layer=2, n_head=4, n_embd=32), (4, 12)
+    else:
+        config, (B, T) = GPTConfig(vocab_size=11, n_ctx=8, n_layer=2, n_head=2, n_embd=8), (2, 5)
+
+    def gpt(targets=None, dropout=0.0):
+        def build():
+            gen = backend.rng(seed)
+            model = GPT(config, seed=seed, dtype="float64", init_std=0.5)  # large weights: nothing vanishes
+            # The key bias's exact gradient is 0 (softmax ignores a constant added to a row of
+            # scores), so both frameworks return rounding noise there and Adam would step by the
+            # sign of that noise: it is frozen for full fine-tuning (tested apart to be ~0).
+            model.freeze("*.attn.k.b")
+            if targets is not None:
+                model.add_lora(targets, r=2, alpha=4, dropout=dropout, seed=seed)
+                perturb_lora_B(model, seed)
+            model.train()
+            ids = gen.integers(0, config.vocab_size, (B, T))
+            return model, ids, gen.integers(0, config.vocab_size, (B, T)), "cross_entropy"
+        return build
+
+    every_linear = ["q", "k", "v", "o", "fc1", "fc2", "lm_head"]
+    return {
+        "gpt full": gpt(),
+        "gpt lora(q,v)": gpt(["q", "v"]),
+        "gpt lora(q,v) mask": gpt(["q", "v"], dropout=0.25),
+        "gpt lora(all)": gpt(every_linear),
+        "gpt lora(all) mask": gpt(every_linear, dropout=0.25),
+    }
 
 
 def suite(full: bool = False, steps: int = 3, seed: int = 0) -> list:
