@@ -30,7 +30,7 @@ def fit(model, optimizer, batches, steps: int, loss: str = "cross_entropy", prog
 
     Returns ``{"losses": [...], "step_time": median seconds per step}``.
     """
-    from tqdm.auto import tqdm
+    from tqdm import tqdm  # plain text bars: they also work in Jupyter without ipywidgets
 
     model.train()
     losses, times = [], []
