@@ -461,3 +461,133 @@ def suite(full: bool = False, steps: int = 3, seed: int = 0) -> list:
         model, x, y, loss = build()
         rows += compare_with_torch(model, x, y, loss=loss, steps=steps, name=name)
     return rows
+
+
+# ----------------------------------------------------------------------------- PEFT adapter files
+
+
+def _peft_outputs(pm, x):
+    torch = require("torch")
+    with torch.no_grad():
+        return pm(to_torch(x)).numpy()
+
+
+def _lora_W(model, path):
+    """W of the (possibly LoRA-wrapped) linear layer at ``path``."""
+    layer = model.get_module(path)
+    return (layer.base if isinstance(layer, LoRALinear) else layer).params["W"]
+
+
+def interop_minilora_to_peft(model, x, directory, adapter: str = "default", name: str | None = None,
+                             tolerance: float = INTEROP_TOLERANCE) -> list:
+    """Save ``model``'s adapter with ``minilora.adapters.save_adapter``, load the directory with
+    ``peft.PeftModel.from_pretrained`` onto the PyTorch twin of the base, and compare:
+
+      ``output``            minilora's forward vs PEFT's (eval, no dropout);
+      ``merged <path>.W``   W + ΔW after minilora's ``merge_adapter`` vs PEFT's ``merge_and_unload``;
+      ``ΔW <path>``         the merged minus the base weights on each side (the stricter test).
+    """
+    peft = require("peft")
+    from . import adapters  # noqa: PLC0415
+
+    name = name or f"minilora→peft {type(model).__name__}"
+    dtype = model.dtype
+    model.eval()
+    adapters.set_active(model, adapter)
+    adapters.save_adapter(model, directory, adapter=adapter)
+    out = backend.to_numpy(model.forward(x))
+    pm = peft.PeftModel.from_pretrained(torch_twin(model, dtype), directory, adapter_name=adapter)
+    pm.eval()
+    rows = [CheckResult(name, "output", rel_error(out, _peft_outputs(pm, x)), tolerance)]
+
+    paths = list(adapters.list_adapters(model)[adapter].targets)
+    base = {p: np.array(backend.to_numpy(_lora_W(model, p))) for p in paths}
+    adapters.merge_adapter(model, adapter)
+    merged = pm.merge_and_unload()
+    tstate = merged.state_dict()
+    for p in paths:
+        ours = backend.to_numpy(_lora_W(model, p))
+        theirs = tstate[f"{p}.weight"].numpy()
+        rows.append(CheckResult(name, f"merged {p}.W", rel_error(ours, theirs), tolerance))
+        rows.append(CheckResult(name, f"ΔW {p}", rel_error(ours - base[p], theirs - base[p]), tolerance))
+    adapters.unmerge_adapter(model, adapter)
+    return rows
+
+
+def interop_peft_to_minilora(model, x, y, directory, targets, r=2, alpha=4, steps: int = 3,
+                             adapter: str = "default", name: str | None = None,
+                             tolerance: float = INTEROP_TOLERANCE, seed: int = 0) -> list:
+    """Train an adapter with PEFT on the PyTorch twin of ``model`` (a base without LoRA), save it
+    with ``save_pretrained``, load it into ``model`` with ``minilora.adapters.load_adapter`` and
+    compare outputs (``output`` row). B is given random values before the ``steps`` AdamW steps,
+    so the adapter changes the outputs by O(1) and the comparison cannot pass by accident.
+    Returns the rows; ``model`` ends up carrying the adapter, active.
+    """
+    torch = require("torch")
+    peft = require("peft")
+    from . import adapters  # noqa: PLC0415
+
+    name = name or f"peft→minilora {type(model).__name__}"
+    config = peft.LoraConfig(r=r, lora_alpha=alpha, target_modules=list(targets), lora_dropout=0.0,
+                             init_lora_weights="gaussian")
+    pm = peft.get_peft_model(torch_twin(model, model.dtype), config, adapter_name=adapter)
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for k, p in pm.named_parameters():
+            if ".lora_B." in k:
+                p.copy_(0.5 * torch.randn(p.shape, generator=gen, dtype=p.dtype))
+    opt = torch.optim.AdamW([p for p in pm.parameters() if p.requires_grad], lr=1e-2)
+    xt, yt = to_torch(x), to_torch(y)
+    for _ in range(steps):
+        opt.zero_grad()
+        _torch_loss("cross_entropy", pm(xt), yt).backward()
+        opt.step()
+    pm.eval()
+    pm.save_pretrained(directory)
+    theirs = _peft_outputs(pm, x)
+    adapters.load_adapter(model, directory, adapter_name=adapter)
+    model.eval()
+    ours = backend.to_numpy(model.forward(x))
+    return [CheckResult(name, "output", rel_error(ours, theirs), tolerance)]
+
+
+def interop_cases(seed: int = 0) -> dict:
+    """``{name: build}`` for the adapter-file checks (float32): ``build() -> (model, x, y,
+    targets)``, ``model`` being a base without LoRA."""
+    from .nn.mlp import MLP  # noqa: PLC0415
+    from .nn.transformer import GPT, GPTConfig  # noqa: PLC0415
+
+    def mlp():
+        gen = backend.rng(seed)
+        model = MLP((5, 7, 3), "gelu", seed=seed, dtype="float32")
+        return model, gen.standard_normal((6, 5)).astype("float32"), gen.integers(0, 3, 6), ["fc1", "fc2"]
+
+    def gpt():
+        gen = backend.rng(seed)
+        config = GPTConfig(vocab_size=11, n_ctx=8, n_layer=2, n_head=2, n_embd=8)
+        model = GPT(config, seed=seed, dtype="float32", init_std=0.5)
+        ids = gen.integers(0, 11, (2, 5))
+        return model, ids, gen.integers(0, 11, (2, 5)), ["q", "v"]
+
+    return {"MLP": mlp, "GPT": gpt}
+
+
+def interop_suite(directory, seed: int = 0) -> list:
+    """Both directions and the merge, for the MLP (ranks 2 and 3, two alphas: ``rank_pattern``
+    and ``alpha_pattern`` in the file) and the GPT (LoRA on q, v), in float32."""
+    import os  # noqa: PLC0415
+
+    rows = []
+    for label, build in interop_cases(seed).items():
+        model, x, y, targets = build()
+        if label == "MLP":
+            model.add_lora(targets, r={"fc1": 2, "fc2": 3}, alpha={"fc1": 4, "fc2": 3}, seed=seed)
+        else:
+            model.add_lora(targets, r=2, alpha=4, seed=seed)
+        perturb_lora_B(model, seed)
+        rows += interop_minilora_to_peft(model, x, os.path.join(directory, f"{label}-minilora"),
+                                         name=f"minilora→peft {label}")
+        model, x, y, targets = build()
+        rows += interop_peft_to_minilora(model, x, y, os.path.join(directory, f"{label}-peft"), targets,
+                                         name=f"peft→minilora {label}", seed=seed)
+    return rows

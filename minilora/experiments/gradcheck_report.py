@@ -3,11 +3,13 @@ models against PyTorch/PEFT when they are installed.
 
     minilora gradcheck [--full] [--no-torch]
 
-Three tables, each row ``component | array | relative error | tolerance | pass/fail``:
+Four tables, each row ``component | array | relative error | tolerance | pass/fail``:
 
 1. layer pairs: each ``*_backward`` against central differences of ``Σ forward(...) ⊙ dout``;
 2. whole models (MLP, GPT; full fine-tuning and LoRA): every trainable gradient of the loss;
-3. PyTorch/PEFT: forward, loss, gradients and AdamW steps of the same model rebuilt in PyTorch.
+3. PyTorch/PEFT: forward, loss, gradients and AdamW steps of the same model rebuilt in PyTorch;
+4. adapter files: minilora → ``PeftModel.from_pretrained``, PEFT ``save_pretrained`` → minilora,
+   and merged weights vs ``merge_and_unload``.
 
 The exit status is 1 if any row fails. Default shapes take seconds; ``--full`` uses larger ones and
 checks every entry of every array.
@@ -18,6 +20,7 @@ taken at import), so a test that monkeypatches one term of a backward sees this 
 from __future__ import annotations
 
 import importlib
+import tempfile
 import time
 
 import numpy as np
@@ -210,6 +213,11 @@ def main(full: bool = False, torch: bool = True) -> int:
             rows = crosscheck.suite(full)
             print(_section("Same models in PyTorch/PEFT (float64; AdamW rows: worst array per case)",
                            condense_adamw(rows), time.perf_counter() - t))
+            all_rows += rows
+            t = time.perf_counter()
+            with tempfile.TemporaryDirectory() as directory:
+                rows = crosscheck.interop_suite(directory)
+            print(_section("Adapter files between minilora and PEFT (float32)", rows, time.perf_counter() - t))
             all_rows += rows
 
     bad = [r for r in all_rows if not r.passed]
