@@ -74,14 +74,16 @@ def _torch_classes():
 
     class MaskReplay(nn.Module):
         """Stands in for PEFT's ``lora_dropout``: x̃ = x ⊙ mask with the mask minilora drew
-        (identity while ``mask`` is None)."""
+        (identity while ``mask`` is None). minilora may run a layer on rows flattened to
+        (N, d_in) where PyTorch keeps (B, T, d_in): the same rows in the same order, so the
+        mask is reshaped to x's shape."""
 
         def __init__(self):
             super().__init__()
             self.mask = None
 
         def forward(self, x):
-            return x if self.mask is None else x * self.mask
+            return x if self.mask is None else x * self.mask.reshape(x.shape)
 
     class TorchMLP(nn.Module):
         """minilora's ``MLP``: fc1 → act → fc2 → … → fcL, same attribute names."""
