@@ -234,3 +234,34 @@ def test_numerical_gradient_needs_float64_and_restores_x():
         gradcheck.numerical_gradient(lambda: 0.0, x.astype(np.float32))
     with pytest.raises(TypeError, match="float64"):
         check_model(MLP((3, 2)), np.zeros((1, 3), np.float32), np.zeros(1, np.int64))
+
+
+# ----------------------------------------------------------------------------- torch is optional
+
+
+def test_minilora_never_imports_torch():
+    code = ("import sys, minilora, minilora.crosscheck, minilora.experiments.gradcheck_report; "
+            "sys.exit('torch' in sys.modules)")
+    assert subprocess.run([sys.executable, "-c", code], timeout=120).returncode == 0
+
+
+def test_missing_torch_gives_a_clear_error(monkeypatch, capsys):
+    from minilora import crosscheck
+
+    monkeypatch.setitem(sys.modules, "torch", None)  # `import torch` now raises ImportError
+    with pytest.raises(ImportError, match=r"pip install torch==2\.13\.0.*minilora\[crosscheck\]"):
+        crosscheck.require("torch")
+    ok, why = crosscheck.available()
+    assert not ok and "torch==2.13.0" in why
+    assert cli.main(["gradcheck"]) == 0  # the finite-difference tables still run and pass
+    assert "PyTorch/PEFT comparison skipped: minilora.crosscheck needs 'torch'" in capsys.readouterr().out
+
+
+def test_crosscheck_tests_skip_with_a_reason_without_torch():
+    code = ("import sys; sys.modules['torch'] = None; import pytest; "
+            "sys.exit(pytest.main(['-q', '-rs', '-p', 'no:cacheprovider', 'tests/test_crosscheck.py']))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                          cwd=__file__.rsplit("/tests/", 1)[0])
+    assert done.returncode in (0, 5), done.stdout + done.stderr  # 5: the whole module skipped
+    assert "SKIPPED" in done.stdout and "PyTorch is not installed" in done.stdout
+    assert "pip install torch==2.13.0" in done.stdout
