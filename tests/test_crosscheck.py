@@ -4,7 +4,7 @@ Skipped when PyTorch or PEFT is missing. Install the pinned CPU build first, the
 ``pip install torch==2.13.0`` and ``pip install 'minilora[crosscheck]'``.
 
 Expected magnitudes: two float64 computations of the same forward/backward differ by ~1e-15
-relative (tolerance 1e-10); after AdamW steps ~1e-16 (tolerance 1e-12); float32 adapter files give
+relative (tolerance 1e-10); after AdamW steps ~1e-15 (tolerance 1e-10); float32 adapter files give
 outputs ~1e-7 apart (tolerance 1e-5). A wrong term gives ~1e-1.
 """
 import numpy as np
@@ -143,6 +143,9 @@ def test_minilora_adapter_loads_in_peft_and_merges_alike(tmp_path, which):
     assert {r.tolerance for r in rows} == {1e-5}
     merged = [r for r in rows if r.array.startswith("merged ")]
     assert len(merged) == len(model.lora_layers()) and all(r.passed for r in merged)
+    for layer in model.lora_layers().values():  # ΔW is no rounding-sized speck next to W
+        ratio = np.linalg.norm(layer.adapters["default"].delta()) / np.linalg.norm(layer.base.params["W"])
+        assert ratio > 1e-2
     assert (tmp_path / "adapter" / "adapter_model.safetensors").is_file()
     config = peft.PeftConfig.from_pretrained(str(tmp_path / "adapter"))
     assert config.peft_type == "LORA"
