@@ -45,7 +45,7 @@ INSTALL_HINT = (
 
 def require(module: str = "torch"):
     """Import ``torch``, ``peft`` or ``safetensors``; a clear ``ImportError`` if it is missing."""
-    import importlib  # noqa: PLC0415
+    import importlib
 
     try:
         return importlib.import_module(module)
@@ -206,7 +206,7 @@ def torch_twin(model, dtype: str = "float64"):
     Attribute names equal minilora's module paths; LoRA layers contribute their frozen base.
     Supports ``MLP`` and ``GPT``. Raises ``ValueError`` if an adapter is merged into W.
     """
-    from .nn.mlp import MLP  # noqa: PLC0415
+    from .nn.mlp import MLP
 
     for path, layer in model.lora_layers().items():
         if layer.merged is not None:
@@ -315,7 +315,7 @@ def compare_with_torch(model, x, y, loss: str = "cross_entropy", steps: int = 3,
     and replayed in PEFT. ``model`` itself is left unchanged (a deep copy is trained).
     """
     torch = require("torch")
-    from .functional.losses import LOSSES  # noqa: PLC0415
+    from .functional.losses import LOSSES
 
     if model.dtype != "float64":
         raise TypeError(f"compare_with_torch: the model must be float64, got {model.dtype}")
@@ -395,7 +395,7 @@ def cases(full: bool = False, seed: int = 0) -> dict:
     MLP and GPT (when present), full fine-tuning and LoRA on the attention q, v or on every
     linear layer, each with dropout off and with dropout masks drawn by minilora and replayed.
     """
-    from .nn.mlp import MLP  # noqa: PLC0415
+    from .nn.mlp import MLP
 
     sizes, N = ((32, 48, 24, 10), 16) if full else ((5, 7, 3), 6)
 
@@ -423,10 +423,8 @@ def cases(full: bool = False, seed: int = 0) -> dict:
 
 
 def _gpt_cases(full, seed):
-    try:
-        from .nn.transformer import GPT, GPTConfig  # noqa: PLC0415
-    except ModuleNotFoundError:  # pragma: no cover - a checkout without the transformer
-        return {}
+    from .nn.transformer import GPT, GPTConfig
+
     if full:
         config, (B, T) = GPTConfig(vocab_size=17, n_ctx=16, n_layer=2, n_head=4, n_embd=32), (4, 12)
     else:
@@ -492,7 +490,7 @@ def interop_minilora_to_peft(model, x, directory, adapter: str = "default", name
       ``ΔW <path>``         the merged minus the base weights on each side (the stricter test).
     """
     peft = require("peft")
-    from . import adapters  # noqa: PLC0415
+    from . import adapters
 
     name = name or f"minilora→peft {type(model).__name__}"
     dtype = model.dtype
@@ -529,7 +527,7 @@ def interop_peft_to_minilora(model, x, y, directory, targets, r=2, alpha=4, step
     """
     torch = require("torch")
     peft = require("peft")
-    from . import adapters  # noqa: PLC0415
+    from . import adapters
 
     name = name or f"peft→minilora {type(model).__name__}"
     config = peft.LoraConfig(r=r, lora_alpha=alpha, target_modules=list(targets), lora_dropout=0.0,
@@ -558,8 +556,8 @@ def interop_peft_to_minilora(model, x, y, directory, targets, r=2, alpha=4, step
 def interop_cases(seed: int = 0) -> dict:
     """``{name: build}`` for the adapter-file checks (float32): ``build() -> (model, x, y,
     targets)``, ``model`` being a base without LoRA."""
-    from .nn.mlp import MLP  # noqa: PLC0415
-    from .nn.transformer import GPT, GPTConfig  # noqa: PLC0415
+    from .nn.mlp import MLP
+    from .nn.transformer import GPT, GPTConfig
 
     def mlp():
         gen = backend.rng(seed)
@@ -579,7 +577,7 @@ def interop_cases(seed: int = 0) -> dict:
 def interop_suite(directory, seed: int = 0) -> list:
     """Both directions and the merge, for the MLP (ranks 2 and 3, two alphas: ``rank_pattern``
     and ``alpha_pattern`` in the file) and the GPT (LoRA on q, v), in float32."""
-    import os  # noqa: PLC0415
+    import os
 
     rows = []
     for label, build in interop_cases(seed).items():

@@ -14,12 +14,12 @@ HINT = "install `pip install torch==2.13.0` (CPU build) first, then `pip install
 torch = pytest.importorskip("torch", reason=f"PyTorch is not installed: {HINT}")
 peft = pytest.importorskip("peft", reason=f"PEFT is not installed: {HINT}")
 
-from minilora import adapters, cli, crosscheck  # noqa: E402
-from minilora.crosscheck import compare_with_torch  # noqa: E402
-from minilora.functional import lora  # noqa: E402
-from minilora.gradcheck import format_table, rel_error  # noqa: E402
-from minilora.nn import linear as nn_linear  # noqa: E402
-from minilora.nn.transformer import GPT, GPTConfig  # noqa: E402
+from minilora import adapters, cli, crosscheck
+from minilora.crosscheck import compare_with_torch
+from minilora.functional import lora
+from minilora.gradcheck import format_table, rel_error
+from minilora.nn import linear as nn_linear
+from minilora.nn.transformer import GPT, GPTConfig
 
 pytestmark = pytest.mark.crosscheck
 CASES = crosscheck.cases()
@@ -98,7 +98,10 @@ def test_key_bias_gradient_is_zero_in_both_frameworks():
     # Why the cases freeze blocks.*.attn.k.b: softmax(s + c) = softmax(s) for a constant c per
     # row, and the key bias adds exactly q·b_k to every score of a row. Its gradient is 0 up to
     # rounding on both sides, so a relative error between the two would compare noise with noise.
-    from minilora.functional.losses import softmax_cross_entropy_backward, softmax_cross_entropy_forward
+    from minilora.functional.losses import (
+        softmax_cross_entropy_backward,
+        softmax_cross_entropy_forward,
+    )
 
     config = GPTConfig(vocab_size=11, n_ctx=8, n_layer=1, n_head=2, n_embd=8)
     model = GPT(config, dtype="float64", init_std=0.5)
@@ -131,7 +134,7 @@ def _effect(model, x, adapter="default"):
 
 @pytest.mark.parametrize("which", ["MLP", "GPT"])
 def test_minilora_adapter_loads_in_peft_and_merges_alike(tmp_path, which):
-    model, x, y, targets = crosscheck.interop_cases()[which]()
+    model, x, _, targets = crosscheck.interop_cases()[which]()
     if which == "MLP":  # two ranks and two alphas: rank_pattern and alpha_pattern in the file
         model.add_lora(targets, r={"fc1": 2, "fc2": 3}, alpha={"fc1": 4, "fc2": 3})
     else:

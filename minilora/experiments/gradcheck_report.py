@@ -19,26 +19,25 @@ taken at import), so a test that monkeypatches one term of a backward sees this 
 """
 from __future__ import annotations
 
-import importlib
 import tempfile
 import time
 
 import numpy as np
 
 from .. import backend, gradcheck
-from ..gradcheck import CheckResult
 from ..crosscheck import perturb_lora_B
-from ..functional import activations, linear, lora, losses
+from ..functional import (
+    activations,
+    attention,
+    embedding,
+    layernorm,
+    linear,
+    lora,
+    losses,
+)
+from ..gradcheck import CheckResult
 
 TOLERANCE = gradcheck.TOLERANCE  # float64 finite differences, h = 1e-6
-
-
-def _optional(name: str):
-    """``minilora.functional.<name>`` if it exists in this checkout, else ``None``."""
-    try:
-        return importlib.import_module(f"minilora.functional.{name}")
-    except ModuleNotFoundError:
-        return None
 
 
 def _normal(gen, *shape):
@@ -56,6 +55,8 @@ def pair_checks(full: bool = False, seed: int = 0) -> list:
     rows = []
 
     def check(name, forward, backward, inputs, wrt=None):
+        # forward/backward are lambdas that look the function up on its module when called, so a
+        # monkeypatched backward is the one checked
         rows.extend(gradcheck.check_pair(forward, backward, inputs, wrt=wrt, seed=seed, name=name))
 
     x = _normal(gen, N, d_in)
@@ -82,27 +83,19 @@ def pair_checks(full: bool = False, seed: int = 0) -> list:
     check("mse", lambda x: losses.mse_forward(x, target), lambda d, c: losses.mse_backward(d, c),
           {"x": _normal(gen, N, d_out)})
 
-    ln = _optional("layernorm")
-    if ln is not None:
-        check("layernorm", lambda x, gamma, beta: ln.layernorm_forward(x, gamma, beta),
-              lambda d, c: ln.layernorm_backward(d, c),
-              {"x": _normal(gen, B, T, d_in), "gamma": 1.0 + 0.1 * _normal(gen, d_in),
-               "beta": _normal(gen, d_in)})
-    att = _optional("attention")
-    if att is not None:
-        check("attention", lambda q, k, v: att.attention_forward(q, k, v),
-              lambda d, c: att.attention_backward(d, c),
-              {"q": _normal(gen, B, H, T, hd), "k": _normal(gen, B, H, T, hd),
-               "v": _normal(gen, B, H, T, hd)}, wrt=["q", "k", "v"])
-    emb = _optional("embedding")
-    if emb is not None:
-        ids = gen.integers(0, V, (B, T))
-        ids[0, :2] = 1  # a repeated id: its gradients must add up
-        check("embedding", lambda W: emb.embedding_forward(ids, W),
-              lambda d, c: emb.embedding_backward(d, c), {"W": _normal(gen, V, hd)}, wrt=["W"])
-        if hasattr(emb, "position_forward"):
-            check("position", lambda P: emb.position_forward(P, T),
-                  lambda d, c: emb.position_backward(d, c), {"P": _normal(gen, T + 2, hd)}, wrt=["P"])
+    check("layernorm", lambda x, gamma, beta: layernorm.layernorm_forward(x, gamma, beta),
+          lambda d, c: layernorm.layernorm_backward(d, c),
+          {"x": _normal(gen, B, T, d_in), "gamma": 1.0 + 0.1 * _normal(gen, d_in), "beta": _normal(gen, d_in)})
+    check("attention", lambda q, k, v: attention.attention_forward(q, k, v),
+          lambda d, c: attention.attention_backward(d, c),
+          {"q": _normal(gen, B, H, T, hd), "k": _normal(gen, B, H, T, hd), "v": _normal(gen, B, H, T, hd)},
+          wrt=["q", "k", "v"])
+    ids = gen.integers(0, V, (B, T))
+    ids[0, :2] = 1  # a repeated id: its gradients must add up
+    check("embedding", lambda W: embedding.embedding_forward(ids, W),
+          lambda d, c: embedding.embedding_backward(d, c), {"W": _normal(gen, V, hd)}, wrt=["W"])
+    check("position", lambda P: embedding.position_forward(P, T),
+          lambda d, c: embedding.position_backward(d, c), {"P": _normal(gen, T + 2, hd)}, wrt=["P"])
     return rows
 
 
@@ -111,7 +104,7 @@ def pair_checks(full: bool = False, seed: int = 0) -> list:
 
 def model_checks(full: bool = False, seed: int = 0) -> list:
     """Finite-difference check of every trainable gradient of whole models on one batch."""
-    from ..nn import MLP  # noqa: PLC0415
+    from ..nn import MLP
 
     gen = backend.rng(seed)
     entries = None if full else 40
@@ -128,10 +121,8 @@ def model_checks(full: bool = False, seed: int = 0) -> list:
     m = MLP(sizes, "gelu", seed=seed, dtype="float64").add_lora(r=2, alpha=4, rslora=True)
     check("MLP lora(fc*) mse", perturb_lora_B(m, seed), x, _normal(gen, N, sizes[-1]), loss="mse")
 
-    try:
-        from ..nn.transformer import GPT, GPTConfig  # noqa: PLC0415
-    except ModuleNotFoundError:  # pragma: no cover - a checkout without the transformer
-        return rows
+    from ..nn.transformer import GPT, GPTConfig
+
     if full:
         config, (B, T) = GPTConfig(vocab_size=17, n_ctx=16, n_layer=2, n_head=4, n_embd=32), (4, 12)
     else:
@@ -203,7 +194,7 @@ def main(full: bool = False, torch: bool = True) -> int:
     if not torch:
         print("\nPyTorch/PEFT comparison skipped: --no-torch")
     else:
-        from .. import crosscheck  # noqa: PLC0415
+        from .. import crosscheck
 
         ok, why = crosscheck.available()
         if not ok:
