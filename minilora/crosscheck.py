@@ -207,6 +207,7 @@ def torch_twin(model, dtype: str = "float64"):
     Supports ``MLP`` and ``GPT``. Raises ``ValueError`` if an adapter is merged into W.
     """
     from .nn.mlp import MLP
+    from .nn.transformer import GPT
 
     for path, layer in model.lora_layers().items():
         if layer.merged is not None:
@@ -214,7 +215,7 @@ def torch_twin(model, dtype: str = "float64"):
     classes = _torch_classes()
     if isinstance(model, MLP):
         twin = classes["TorchMLP"](model.sizes, model.activation, _torch_dtype(dtype))
-    elif type(model).__name__ == "GPT":
+    elif isinstance(model, GPT):
         twin = classes["TorchGPT"](model.config, _torch_dtype(dtype))
     else:
         raise TypeError(f"torch_twin: no PyTorch twin for {type(model).__name__}")
@@ -392,7 +393,7 @@ def perturb_lora_B(model, seed=0, std: float = 0.5):
 def cases(full: bool = False, seed: int = 0) -> dict:
     """Named cross-check cases: ``{name: build}``, ``build() -> (model, x, y, loss)``.
 
-    MLP and GPT (when present), full fine-tuning and LoRA on the attention q, v or on every
+    MLP and GPT, full fine-tuning and LoRA on the attention q, v or on every
     linear layer, each with dropout off and with dropout masks drawn by minilora and replayed.
     """
     from .nn.mlp import MLP
