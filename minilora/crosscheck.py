@@ -533,7 +533,9 @@ def interop_peft_to_minilora(model, x, y, directory, targets, r=2, alpha=4, step
     name = name or f"peft→minilora {type(model).__name__}"
     config = peft.LoraConfig(r=r, lora_alpha=alpha, target_modules=list(targets), lora_dropout=0.0,
                              init_lora_weights="gaussian")
-    pm = peft.get_peft_model(torch_twin(model, model.dtype), config, adapter_name=adapter)
+    with torch.random.fork_rng():  # PEFT draws A from the global generator: seed it, locally
+        torch.manual_seed(seed)
+        pm = peft.get_peft_model(torch_twin(model, model.dtype), config, adapter_name=adapter)
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for k, p in pm.named_parameters():
