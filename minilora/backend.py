@@ -130,8 +130,8 @@ def device_name(x) -> str:
 
 def to_numpy(a) -> np.ndarray:
     """Copy (or view) any backend's array as a NumPy array on the host."""
-    if isinstance(a, np.ndarray):
-        return a
+    if isinstance(a, (np.ndarray, np.generic, float, int)):  # NumPy scalars too (e.g. a loss)
+        return np.asarray(a)
     if hasattr(a, "get") and type(a).__module__.startswith("cupy"):
         return a.get()
     return np.from_dlpack(a)
