@@ -271,3 +271,8 @@ def test_crosscheck_tests_skip_with_a_reason_without_torch():
     assert done.returncode in (0, 5), done.stdout + done.stderr  # 5: the whole module skipped
     assert "SKIPPED" in done.stdout and "PyTorch is not installed" in done.stdout
     assert "pip install torch==2.13.0" in done.stdout
+
+
+def test_rel_error_accepts_numpy_scalars_such_as_a_loss():
+    assert rel_error(np.float64(2.0), np.sum(np.ones(2))) == 0.0
+    assert rel_error(np.float64(1.0), np.float64(3.0)) == pytest.approx(2.0 / 3.0)
