@@ -80,22 +80,31 @@ def attention_forward(q, k, v):
     return att @ v, AttentionCache(qs, k, v, att, scale)
 
 
-def attention_backward(dout, cache: AttentionCache):
+def attention_backward(dout, cache: AttentionCache, need=("q", "k", "v")):
     """Backward of ``attention_forward``:
 
         dv = Pᵀ dout                        dP = dout vᵀ
         dS = P ⊙ (dP − rowsum(dP ⊙ P))      (softmax backward; 0 wherever P is masked)
         dq = dS k / √hd                     dk = dSᵀ q / √hd
 
-    Inputs:  dout (B, H, T, hd), cache from ``attention_forward``
-    Returns: (None, {"q": dq, "k": dk, "v": dv}), each (B, H, T, hd)
+    Inputs:  dout (B, H, T, hd), cache from ``attention_forward``; ``need`` names the
+             gradients wanted (a frozen projection with nothing trainable below it needs none:
+             each one skipped saves a (B, H, T, T)-sized product)
+    Returns: (None, {"q": dq, "k": dk, "v": dv}) restricted to ``need``, each (B, H, T, hd)
     """
     qs, k, v, att, scale = cache
     xp = namespace(dout, att)
-    dv = xp.matrix_transpose(att) @ dout  # (B, H, T, hd)
-    ds = dout @ xp.matrix_transpose(v)  # (B, H, T, T)  dP, turned into dS in place below
-    ds -= xp.sum(ds * att, axis=-1, keepdims=True)
-    ds *= att
-    dq = (ds @ k) * scale  # (B, H, T, hd)
-    dk = xp.matrix_transpose(ds) @ qs  # (B, H, T, hd); qs already carries the 1/√hd
-    return None, {"q": dq, "k": dk, "v": dv}
+    dq = dk = dv = None
+    if "v" in need:
+        dv = xp.matrix_transpose(att) @ dout  # (B, H, T, hd)
+    if "q" in need or "k" in need:
+        ds = dout @ xp.matrix_transpose(v)  # (B, H, T, T)  dP, turned into dS in place below
+        ds -= xp.sum(ds * att, axis=-1, keepdims=True)
+        ds *= att
+        if "q" in need:
+            dq = ds @ k  # (B, H, T, hd)
+            dq *= scale  # in place: no second (B, H, T, hd) buffer
+        if "k" in need:
+            dk = xp.matrix_transpose(ds) @ qs  # (B, H, T, hd); qs already carries the 1/√hd
+    grads = {"q": dq, "k": dk, "v": dv}
+    return None, {n: g for n, g in grads.items() if n in need}

@@ -39,8 +39,11 @@ def layernorm_forward(x, gamma, beta, eps: float = 1e-5):
     xc = x - mu  # (..., C)
     var = xp.mean(xc * xc, axis=-1, keepdims=True)  # (..., 1)  biased variance, as in PyTorch
     rstd = 1.0 / xp.sqrt(var + eps)  # (..., 1)
-    xhat = xc * rstd  # (..., C)
-    return xhat * gamma + beta, LayerNormCache(xhat, rstd, gamma)
+    xhat = xc
+    xhat *= rstd  # (..., C)  in place: xc is not needed again (no second (..., C) buffer)
+    y = xhat * gamma
+    y += beta  # in place, as above
+    return y, LayerNormCache(xhat, rstd, gamma)
 
 
 def layernorm_backward(dout, cache: LayerNormCache, frozen: bool = False, need_dx: bool = True):
@@ -64,7 +67,10 @@ def layernorm_backward(dout, cache: LayerNormCache, frozen: bool = False, need_d
         dxhat = dout * gamma  # (..., C)
         m1 = xp.mean(dxhat, axis=-1, keepdims=True)  # (..., 1)
         m2 = xp.mean(dxhat * xhat, axis=-1, keepdims=True)  # (..., 1)
-        dx = rstd * (dxhat - m1 - xhat * m2)  # (..., C)
+        dx = dxhat  # built in place from dx̂: two (..., C) temporaries fewer
+        dx -= m1
+        dx -= xhat * m2
+        dx *= rstd  # (..., C)
     if frozen:
         return dx, {}
     C = xhat.shape[-1]

@@ -44,7 +44,7 @@ def linear_forward(x, W, b=None):
     namespace(x, W, b)  # raises if backends are mixed
     y = x @ W.T
     if b is not None:
-        y = y + b
+        y += b  # in place: y is fresh, so no second (..., d_out) buffer
     return y, LinearCache(x, W)
 
 

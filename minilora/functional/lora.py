@@ -74,9 +74,10 @@ def lora_forward(x, W, b, A, B, scale: float, mask=None, layer: str = "lora"):
 
     x_drop = x if mask is None else x * mask  # (..., d_in)
     u = x_drop @ A.T  # (..., r)
-    h = x @ W.T + (scale * u) @ B.T  # (..., d_out); scale on the r-wide code: cheapest place
+    h = x @ W.T  # (..., d_out)
     if b is not None:
-        h = h + b
+        h += b  # in place (here and below): no extra (..., d_out) buffers
+    h += (scale * u) @ B.T  # scale on the r-wide code: the cheapest place for it
     return h, LoRACache(x, mask, x_drop, u, W, A, B, scale)
 
 
@@ -106,8 +107,9 @@ def lora_backward(dout, cache: LoRACache, need_dx: bool = True):
     if need_dx:
         dx_lora = xp.reshape(du2 @ A, tuple(x.shape))  # (..., d_in)
         if mask is not None:
-            dx_lora = dx_lora * mask
-        dx = dout @ W + dx_lora
+            dx_lora *= mask  # in place (here and below): dx_lora and dx are fresh products
+        dx = dout @ W
+        dx += dx_lora
     return dx, {"A": dA, "B": dB}
 
 

@@ -192,10 +192,20 @@ class CausalSelfAttention(Module):
         B, T, C = dout.shape
         ch, H, xp = self.children, self.n_head, backend.namespace(dout)
         dy = ch["o"].backward(xp.reshape(dout, (B * T, C)))  # (N, C)
-        _, g = attention_backward(split_heads(xp.reshape(dy, (B, T, C)), H), self.cache)
-        dxs = [ch[n].backward(xp.reshape(merge_heads(g[n]), (B * T, C)), need_dx=need_dx)
-               for n in ("q", "k", "v")]  # dq, dk, dv back through their projections
-        return xp.reshape(dxs[0] + dxs[1] + dxs[2], (B, T, C)) if need_dx else None
+        # dq, dk or dv only where someone uses it: the projection trains, or dx is wanted
+        need = [n for n in ("q", "k", "v") if need_dx or trainable(ch[n])]
+        _, g = attention_backward(split_heads(xp.reshape(dy, (B, T, C)), H), self.cache, need=need)
+        dx = None
+        for n in ("q", "k", "v"):  # dq, dk, dv back through their projections
+            if n not in need:
+                ch[n].zero_grad()
+                continue
+            d = ch[n].backward(xp.reshape(merge_heads(g[n]), (B * T, C)), need_dx=need_dx)
+            if dx is None:
+                dx = d
+            else:
+                dx += d  # in place: each d is a fresh product, so no (N, C) temporary
+        return xp.reshape(dx, (B, T, C)) if need_dx else None
 
 
 class FeedForward(Module):
@@ -254,10 +264,14 @@ class Block(Module):
         if not need_dh:  # nothing below needs dh: attn and ln1 are frozen
             ch["attn"].zero_grad(), ch["ln1"].zero_grad()
             return None
-        dh = dout + d  # (B, T, C)  the residual passes dy straight through
+        d += dout  # in place (d is fresh): dh = dy + ln2ᵀ(...), the residual passes dy through
+        dh = d  # (B, T, C)
         d = ch["attn"].backward(dh, need_dx=need_dx or ln1_t)
         d = ch["ln1"].backward(d, need_dx=need_dx) if d is not None else ch["ln1"].zero_grad()
-        return dh + d if need_dx else None
+        if not need_dx:
+            return None
+        d += dh  # in place, as above: dx = dh + ln1ᵀ(...)
+        return d
 
 
 # ----------------------------------------------------------------------------- the model
