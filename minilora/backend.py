@@ -16,6 +16,7 @@ Everything that depends on *which* library runs is here:
 """
 from __future__ import annotations
 
+import math
 import types
 
 import numpy as np
@@ -157,6 +158,32 @@ def is_finite(a) -> bool:
     """True if every element of ``a`` is finite (one reduction, any backend)."""
     xp = namespace(a)
     return bool(xp.all(xp.isfinite(a)))
+
+
+def all_finite(arrays) -> bool:
+    """True if every element of every array is finite, cheaply: one sum per array, one sync.
+
+    A NaN or ±Inf anywhere makes its sum non-finite. The sums allocate nothing of the arrays'
+    size (``isfinite`` would allocate a boolean copy of each) and are added on the device, so a
+    GPU waits once, not once per array. Only a sum that overflows while every element is
+    finite (values near the dtype's maximum) is decided by the exact per-array test instead.
+    """
+    arrays = list(arrays)
+    if not arrays:
+        return True
+    xp = namespace(*arrays)
+    total = xp.sum(arrays[0])
+    for a in arrays[1:]:
+        total = total + xp.sum(a)
+    if math.isfinite(float(total)):
+        return True
+    return all(is_finite(a) for a in arrays)
+
+
+def has_out(xp) -> bool:
+    """True if ``xp``'s elementwise functions take ``out=`` (NumPy and CuPy; the array API
+    standard has no ``out=``, so code must keep a plain fallback for other namespaces)."""
+    return getattr(xp, "__name__", "") in ("numpy", "cupy")
 
 
 # ----------------------------------------------------------------------------- seeded init

@@ -32,7 +32,9 @@ class Optimizer:
         missing = [k for k in self.names if k not in grads]
         if missing:
             raise RuntimeError(f"{type(self).__name__}: no gradient for {missing[:4]}; run backward first")
-        for k in self.names:
+        if backend.all_finite(grads[k] for k in self.names):  # one cheap test for all of them
+            return params, grads
+        for k in self.names:  # something is not finite: name it
             if not backend.is_finite(grads[k]):
                 raise FloatingPointError(
                     f"{type(self).__name__}: non-finite gradient for {k!r}; step skipped, "
@@ -85,6 +87,7 @@ class AdamW(Optimizer):
             k: (backend.namespace(v).zeros_like(v), backend.namespace(v).zeros_like(v))
             for k, v in params.items()
         }
+        self.scratch = None  # NumPy/CuPy: one work array, the size of the largest parameter
 
     def step(self):
         params, grads = self._params_and_grads()
@@ -97,10 +100,39 @@ class AdamW(Optimizer):
             p, g = params[k], grads[k]
             xp = backend.namespace(p)
             m, v = self.state[k]
+            if self.weight_decay:
+                p *= 1.0 - self.lr * self.weight_decay
+            if backend.has_out(xp):
+                self._update_out(xp, p, g, m, v, step, math.sqrt(c2))
+                continue
             m *= b1
             m += (1.0 - b1) * g
             v *= b2
             v += (1.0 - b2) * (g * g)
-            if self.weight_decay:
-                p *= 1.0 - self.lr * self.weight_decay
             p -= step * (m / (xp.sqrt(v) / math.sqrt(c2) + self.eps))
+
+    def _update_out(self, xp, p, g, m, v, step, sqrt_c2):
+        """The same update as ``step``'s plain lines, written into one reused work array with
+        ``out=`` (NumPy, CuPy): the plain lines make six parameter-sized temporaries per
+        parameter per step, and for full fine-tuning those cost more than the arithmetic."""
+        n = 1
+        for s in p.shape:
+            n *= s
+        w = self.scratch
+        if w is None or w.size < n or w.dtype != p.dtype or backend.namespace(w) is not xp:
+            largest = max(int(a.size) for a, _ in self.state.values())
+            self.scratch = xp.empty(largest, dtype=p.dtype)
+        w = xp.reshape(self.scratch[:n], p.shape)  # a view: the work array for this parameter
+        xp.multiply(g, 1.0 - self.beta1, out=w)
+        m *= self.beta1
+        m += w  # m ← β₁ m + (1−β₁) g
+        xp.multiply(g, g, out=w)
+        w *= 1.0 - self.beta2
+        v *= self.beta2
+        v += w  # v ← β₂ v + (1−β₂) g²
+        xp.sqrt(v, out=w)
+        w *= 1.0 / sqrt_c2
+        w += self.eps  # √(v / (1−β₂ᵗ)) + ε
+        xp.divide(m, w, out=w)
+        w *= step
+        p -= w  # θ ← θ − lr (m / (1−β₁ᵗ)) / (√(v / (1−β₂ᵗ)) + ε)
