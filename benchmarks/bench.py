@@ -357,8 +357,6 @@ def pair_ratio(a, b):
 
 
 def bench_config(cfg: Config, args, use_torch: bool):
-    import contextlib  # noqa: PLC0415
-
     x, y = data(cfg)
     loss = loss_name(cfg)
     res = {"config": cfg.name, "train": {}, "infer": {}, "memory": {}, "checks": {}}
@@ -366,7 +364,7 @@ def bench_config(cfg: Config, args, use_torch: bool):
         import torch  # noqa: PLC0415
         F = torch.nn.functional
         tx = torch.from_numpy(x)
-        ty = torch.from_numpy(y) if cfg.kind == "mlp" else torch.from_numpy(y)
+        ty = torch.from_numpy(y)
 
     # ---------------------------------------------------------------- training
     for variant in cfg.variants:
@@ -389,9 +387,10 @@ def bench_config(cfg: Config, args, use_torch: bool):
             fns["pytorch"] = tstep
             # check: the first step's loss agrees (same weights, same data)
             m0 = ml_model(cfg, variant)
+            t0 = torch_model(cfg, variant, m0)[0]  # before the step changes m0
             l_ml = ml.train_step(m0, ml.AdamW(m0, lr=1e-4), x, y, loss)
             with torch.no_grad():
-                l_t = float(tl(torch_model(cfg, variant, m0)[0](tx), ty))
+                l_t = float(tl(t0(tx), ty))
             res["checks"][f"train {variant}: first loss minilora vs pytorch"] = abs(l_ml - l_t) / max(abs(l_t), 1e-12)
         t = time_interleaved(fns, args.rounds, args.warmup, args.inner)
         row = {"limit_ms": 1e3 * median(t["limit"]), "minilora_ms": 1e3 * median(t["minilora"]),
@@ -475,7 +474,6 @@ def bench_config(cfg: Config, args, use_torch: bool):
         inf["torch_unmerged_over_base"] = pair_ratio(t["pytorch unmerged"], t["pytorch base"])
     inf["lora_variant"] = lv
     res["infer"] = inf
-    del contextlib
     return res
 
 
@@ -680,6 +678,7 @@ def main(argv=None):
         print("threadpoolctl not installed: BLAS threads not pinned", file=sys.stderr)
     if use_torch:
         import torch  # noqa: PLC0415
+        torch_threads = torch.get_num_threads()
         torch.set_num_threads(threads)
     info = machine_info(threads)
     print(json.dumps(info, indent=1))
@@ -712,6 +711,8 @@ def main(argv=None):
         update_docs(Path(args.update_docs), table)
     if limiter is not None:
         limiter.restore_original_limits()
+    if use_torch:
+        torch.set_num_threads(torch_threads)
     return results
 
 
