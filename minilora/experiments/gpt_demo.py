@@ -212,7 +212,7 @@ def format_report(res: dict) -> str:
         pct = 100.0 * r["trainable"] / res["total_params"]
         lines.append(f"{r['method']:<24} {r['trainable']:>10,} {pct:>7.2f}% {r['val_loss']:>16.3f} "
                      f"{r['prose_loss']:>15.3f} {step:>10}")
-    lines.append("(losses in nats per character on held-out text; step = median seconds per training step)")
+    lines.append("(losses: nats per character on held-out text; step: median milliseconds per training step)")
     lines.append("")
     for name, txt in res["samples"].items():
         lines.append(f"--- sample, {name}, prompt {PROMPT!r}, temperature 0.8:")
