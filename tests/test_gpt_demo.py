@@ -48,7 +48,9 @@ def test_the_two_domains_differ():
     prose, py = text.load_corpus("prose")[0], text.load_corpus("python")[0]
     hp, hq = (np.bincount(ids, minlength=len(text.VOCAB)) / len(ids) for ids in (prose, py))
     assert 0.5 * np.abs(hp - hq).sum() > 0.1  # character frequencies differ (total variation)
-    rate = lambda s, w: s.count(w) / len(s)  # noqa: E731
+    def rate(s, w):
+        return s.count(w) / len(s)
+
     P, Q = text.decode(prose), text.decode(py)
     assert rate(Q, "self.") > 10 * rate(P, "self.") and rate(Q, "    def ") > 10 * rate(P, "    def ")
 
@@ -58,7 +60,7 @@ def test_random_windows_are_seeded_and_shifted_by_one():
     a = text.batches(ids, 4, 8, seed=3)
     b = text.batches(ids, 4, 8, seed=3)
     for _ in range(3):
-        (x1, y1), (x2, y2) = next(a), next(b)
+        (x1, y1), (x2, _) = next(a), next(b)
         np.testing.assert_array_equal(x1, x2)
         assert x1.shape == (4, 8) and x1.dtype == np.int64
         np.testing.assert_array_equal(x1[:, 1:], y1[:, :-1])

@@ -1,5 +1,7 @@
 """The GPT module: path contract, whole-model gradient checks (full fine-tuning and LoRA),
 LoRA placement by name, merge/unmerge, causality, frozen arrays, bad input and sampling."""
+import dataclasses
+
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -64,8 +66,8 @@ def test_config_presets_and_overrides():
     assert GPT("tiny", vocab_size=5).config == GPTConfig.preset("tiny", vocab_size=5)
     with pytest.raises(ValueError, match="unknown preset 'huge'"):
         GPTConfig.preset("huge")
-    with pytest.raises(Exception):
-        c.n_layer = 3  # frozen dataclass
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        c.n_layer = 3
 
 
 # ----------------------------------------------------------------------------- gradient checks
@@ -162,10 +164,11 @@ def test_lora_placement_by_name_pattern_and_per_target_rank():
 
 def test_only_lora_arrays_change_during_lora_training(xp):
     m = tiny(xp, dtype="float32")
+    ids, y = batch(xp)
+    base_logits = host(m.forward(ids))
     add_lora(m, SIX, r=2, alpha=4)
     before = {k: host(v) for k, v in m.named_parameters().items()}
     opt = AdamW(m, lr=1e-2, weight_decay=0.1)  # decay must not touch frozen arrays either
-    ids, y = batch(xp)
     for _ in range(3):
         train_step(m, opt, ids, y)
     after = {k: host(v) for k, v in m.named_parameters().items()}
@@ -178,6 +181,10 @@ def test_only_lora_arrays_change_during_lora_training(xp):
         else:
             np.testing.assert_array_equal(after[k], before[k], err_msg=f"frozen {k} changed")
     assert set(m.named_grads()) == trainable  # no gradient computed for any frozen array
+    assert not np.array_equal(host(m.forward(ids)), base_logits)
+    for layer in lora_layers(m).values():
+        layer.set_active(None)  # adapters off: exactly the base model again
+    np.testing.assert_array_equal(host(m.forward(ids)), base_logits)
 
 
 def test_full_finetuning_fills_every_gradient_and_lowers_the_loss():
@@ -215,7 +222,7 @@ def test_float32_in_float32_out(xp):
     assert backend.dtype_name(logits) == "float32" and tuple(logits.shape) == (2, 5, V)
     from minilora.functional.losses import softmax_cross_entropy_backward, softmax_cross_entropy_forward
 
-    loss, cache = softmax_cross_entropy_forward(logits, y)
+    _, cache = softmax_cross_entropy_forward(logits, y)
     m.backward(softmax_cross_entropy_backward(1.0, cache)[0])
     assert {backend.dtype_name(g) for g in m.named_grads().values()} == {"float32"}
 
