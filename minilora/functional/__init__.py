@@ -10,3 +10,6 @@ from .losses import (
     softmax_cross_entropy_backward,
     softmax_cross_entropy_forward,
 )
+from .attention import attention_backward, attention_forward, merge_heads, split_heads
+from .embedding import embedding_backward, embedding_forward, position_backward, position_forward
+from .layernorm import layernorm_backward, layernorm_forward
