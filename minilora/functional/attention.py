@@ -52,6 +52,7 @@ class AttentionCache(NamedTuple):
     v: object  # (B, H, T, hd)
     att: object  # (B, H, T, T)   P = softmax(S); exactly 0 above the diagonal
     scale: float  # 1 / √hd
+    out: object = None  # (B, H, T, hd)  P v, the output (a reference, not a copy)
 
 
 def attention_forward(q, k, v):
@@ -77,7 +78,8 @@ def attention_forward(q, k, v):
     s -= xp.max(s, axis=-1, keepdims=True)  # the diagonal is never masked: every max is finite
     att = xp.exp(s)  # (B, H, T, T); exp(−∞) = 0 above the diagonal
     att /= xp.sum(att, axis=-1, keepdims=True)
-    return att @ v, AttentionCache(qs, k, v, att, scale)
+    out = att @ v  # (B, H, T, hd)
+    return out, AttentionCache(qs, k, v, att, scale, out)
 
 
 def attention_backward(dout, cache: AttentionCache, need=("q", "k", "v")):
@@ -85,6 +87,7 @@ def attention_backward(dout, cache: AttentionCache, need=("q", "k", "v")):
 
         dv = Pᵀ dout                        dP = dout vᵀ
         dS = P ⊙ (dP − rowsum(dP ⊙ P))      (softmax backward; 0 wherever P is masked)
+        rowsum(dP ⊙ P)_t = Σ_s (dout_t · v_s) P_ts = dout_t · out_t   (a (T, hd) sum, not (T, T))
         dq = dS k / √hd                     dk = dSᵀ q / √hd
 
     Inputs:  dout (B, H, T, hd), cache from ``attention_forward``; ``need`` names the
@@ -92,14 +95,17 @@ def attention_backward(dout, cache: AttentionCache, need=("q", "k", "v")):
              each one skipped saves a (B, H, T, T)-sized product)
     Returns: (None, {"q": dq, "k": dk, "v": dv}) restricted to ``need``, each (B, H, T, hd)
     """
-    qs, k, v, att, scale = cache
+    qs, k, v, att, scale, out = cache
     xp = namespace(dout, att)
     dq = dk = dv = None
     if "v" in need:
         dv = xp.matrix_transpose(att) @ dout  # (B, H, T, hd)
     if "q" in need or "k" in need:
         ds = dout @ xp.matrix_transpose(v)  # (B, H, T, T)  dP, turned into dS in place below
-        ds -= xp.sum(ds * att, axis=-1, keepdims=True)
+        if out is None:  # a cache built without the output
+            ds -= xp.sum(ds * att, axis=-1, keepdims=True)
+        else:  # the same row sums from (T, hd) arrays: no (B, H, T, T) temporary
+            ds -= xp.sum(dout * out, axis=-1, keepdims=True)
         ds *= att
         if "q" in need:
             dq = ds @ k  # (B, H, T, hd)
