@@ -36,6 +36,13 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "demo":
+        from . import backend
+
+        try:  # fail before any work, with the install hint and no traceback
+            backend.resolve_device(args.device)
+        except (RuntimeError, ValueError) as e:
+            print(f"minilora: {e}", file=sys.stderr)
+            return 2
         module = importlib.import_module(DEMOS[args.which])
         module.run(quick=args.quick, seed=args.seed, device=args.device, progress=not args.no_progress)
         return 0

@@ -24,3 +24,14 @@ def test_command_line_entry_point_runs():
                          capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr
     assert "merged == unmerged" in res.stdout
+
+
+def test_cuda_without_cupy_fails_cleanly_with_the_install_hint(monkeypatch, capsys):
+    from minilora import backend, cli
+
+    monkeypatch.setattr(backend, "cupy_or_none", lambda: None)
+    assert cli.main(["demo", "mlp", "--quick", "--device", "cuda"]) == 2
+    err = capsys.readouterr().err
+    assert "minilora[cuda12]" in err and "Traceback" not in err
+    assert cli.main(["demo", "mlp", "--device", "tpu"]) == 2
+    assert "unknown device 'tpu'" in capsys.readouterr().err
