@@ -11,13 +11,17 @@ Everything that depends on *which* library runs is here:
 - ``check_float(name, x, layer)`` floating dtypes only, with an error naming the layer;
 - ``to_numpy(a)`` / ``from_numpy(a, device)``   moves between host and device;
 - ``resolve_device(device)``   "cpu" -> numpy, "cuda" -> cupy (clear error if missing), or a namespace;
+- ``has_out(xp)`` / ``rowwise(fn, *arrays)``: the fast paths of elementwise work on NumPy and CuPy
+  (``out=`` buffers instead of fresh temporaries; row blocks on every CPU core);
 - ``rng(seed)`` and ``normal`` / ``uniform``: initial weights are drawn on the CPU by a seeded
   NumPy generator and then moved, so NumPy and CuPy runs start from identical numbers.
 """
 from __future__ import annotations
 
 import math
+import os
 import types
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
@@ -184,6 +188,37 @@ def has_out(xp) -> bool:
     """True if ``xp``'s elementwise functions take ``out=`` (NumPy and CuPy; the array API
     standard has no ``out=``, so code must keep a plain fallback for other namespaces)."""
     return getattr(xp, "__name__", "") in ("numpy", "cupy")
+
+
+# Elementwise work runs on this many threads (NumPy only). NumPy's ufuncs release the GIL, so
+# plain Python threads run them in parallel; BLAS already uses every core for the products.
+THREADS = min(8, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
+ROWWISE_MIN_SIZE = 1 << 18  # below ~256k elements a thread hand-off costs more than it saves
+_pool = None
+
+
+def rowwise(fn, *arrays):
+    """Call ``fn(*arrays)``, on NumPy split into row blocks that run on ``THREADS`` threads.
+
+    ``fn`` must work row by row and in place: row i of what it writes depends only on row i
+    (axis 0) of each array, and it returns nothing. The first array decides the rows; every
+    array shares its axis-0 length. Other namespaces (CuPy is already parallel, array-API
+    strict), small arrays and a single core get the plain call ``fn(*arrays)``.
+    """
+    global _pool
+    n = arrays[0].shape[0]
+    threads = min(THREADS, n)
+    if threads < 2 or namespace(*arrays) is not np or arrays[0].size < ROWWISE_MIN_SIZE:
+        fn(*arrays)
+        return
+    if _pool is None or _pool._max_workers < threads - 1:
+        _pool = ThreadPoolExecutor(threads - 1, thread_name_prefix="minilora-rowwise")
+    cuts = [n * i // threads for i in range(threads + 1)]
+    blocks = [[a[lo:hi] for a in arrays] for lo, hi in zip(cuts[:-1], cuts[1:])]
+    jobs = [_pool.submit(fn, *b) for b in blocks[1:]]
+    fn(*blocks[0])  # the first block on this thread, while the pool runs the others
+    for job in jobs:
+        job.result()  # re-raises an exception from a worker
 
 
 # ----------------------------------------------------------------------------- seeded init
