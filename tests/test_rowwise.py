@@ -58,3 +58,20 @@ def test_gelu_fast_path_matches_plain_lines_on_a_split_array():
     np.testing.assert_allclose(y, backend.to_numpy(ys), rtol=1e-6, atol=1e-6)
     np.testing.assert_allclose(cache.t, backend.to_numpy(cs.t), rtol=1e-6, atol=1e-6)
     np.testing.assert_allclose(dx, backend.to_numpy(dxs), rtol=1e-5, atol=1e-6)
+
+
+def test_attention_fast_path_matches_plain_lines_on_a_split_array():
+    # (B, H, T, T) = (2, 2, 256, 256): 262k elements, so NumPy splits the B·H rows
+    from minilora.functional.attention import attention_backward, attention_forward
+
+    gen = np.random.default_rng(2)
+    q, k, v, dout = (gen.standard_normal((2, 2, 256, 8)).astype(np.float32) for _ in range(4))
+    out, cache = attention_forward(q, k, v)
+    _, g = attention_backward(dout, cache)
+    outs, caches = attention_forward(_strict(q), _strict(k), _strict(v))
+    _, gs = attention_backward(_strict(dout), caches)
+    np.testing.assert_allclose(cache.att, backend.to_numpy(caches.att), rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(out, backend.to_numpy(outs), rtol=1e-5, atol=1e-6)
+    for n in ("q", "k", "v"):
+        np.testing.assert_allclose(g[n], backend.to_numpy(gs[n]), rtol=1e-4, atol=1e-5)
+    assert float(np.abs(np.triu(cache.att, k=1)).max()) == 0.0  # the future stays masked

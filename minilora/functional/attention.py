@@ -14,9 +14,10 @@ input gradients in the dict (``gradcheck.check_pair`` then checks all three by n
 from __future__ import annotations
 
 import math
+from functools import partial
 from typing import NamedTuple
 
-from ..backend import check_float, check_same_dtype, namespace
+from ..backend import check_float, check_same_dtype, has_out, namespace, rowwise
 
 
 def split_heads(x, n_head: int):
@@ -74,10 +75,15 @@ def attention_forward(q, k, v):
     scale = 1.0 / math.sqrt(hd)
     qs = q * scale  # (B, H, T, hd); scaling q costs T·hd per head, scaling S would cost T·T
     s = qs @ xp.matrix_transpose(k)  # (B, H, T, T)
-    s += causal_bias(T, xp, q.dtype)  # in place (here and below): no extra (B, H, T, T) buffers
-    s -= xp.max(s, axis=-1, keepdims=True)  # the diagonal is never masked: every max is finite
-    att = xp.exp(s)  # (B, H, T, T); exp(−∞) = 0 above the diagonal
-    att /= xp.sum(att, axis=-1, keepdims=True)
+    bias = causal_bias(T, xp, q.dtype)
+    if has_out(xp):  # NumPy/CuPy: the lines below in place in s, (B·H) rows split across cores
+        att = s
+        rowwise(partial(_causal_softmax_out, bias=bias), xp.reshape(s, (-1, T, T)))
+    else:
+        s += bias  # in place (here and below): no extra (B, H, T, T) buffers
+        s -= xp.max(s, axis=-1, keepdims=True)  # the diagonal is never masked: every max is finite
+        att = xp.exp(s)  # (B, H, T, T); exp(−∞) = 0 above the diagonal
+        att /= xp.sum(att, axis=-1, keepdims=True)
     out = att @ v  # (B, H, T, hd)
     return out, AttentionCache(qs, k, v, att, scale, out)
 
@@ -103,10 +109,10 @@ def attention_backward(dout, cache: AttentionCache, need=("q", "k", "v")):
     if "q" in need or "k" in need:
         ds = dout @ xp.matrix_transpose(v)  # (B, H, T, T)  dP, turned into dS in place below
         if out is None:  # a cache built without the output
-            ds -= xp.sum(ds * att, axis=-1, keepdims=True)
+            rowsum = xp.sum(ds * att, axis=-1, keepdims=True)  # (B, H, T, 1)
         else:  # the same row sums from (T, hd) arrays: no (B, H, T, T) temporary
-            ds -= xp.sum(dout * out, axis=-1, keepdims=True)
-        ds *= att
+            rowsum = xp.sum(dout * out, axis=-1, keepdims=True)
+        rowwise(_softmax_backward_inplace, ds, rowsum, att)  # dS = P ⊙ (dP − rowsum), in ds
         if "q" in need:
             dq = ds @ k  # (B, H, T, hd)
             dq *= scale  # in place: no second (B, H, T, hd) buffer
@@ -114,3 +120,20 @@ def attention_backward(dout, cache: AttentionCache, need=("q", "k", "v")):
             dk = xp.matrix_transpose(ds) @ qs  # (B, H, T, hd); qs already carries the 1/√hd
     grads = {"q": dq, "k": dk, "v": dv}
     return None, {n: g for n, g in grads.items() if n in need}
+
+
+def _causal_softmax_out(s, bias):
+    """P = softmax(S + M) over the last axis, in place in s (T, T) blocks (NumPy, CuPy: exp with
+    out=, so no second (B, H, T, T) array); row by row, for ``rowwise``."""
+    xp = namespace(s)
+    s += bias
+    s -= xp.max(s, axis=-1, keepdims=True)  # the diagonal is never masked: every max is finite
+    xp.exp(s, out=s)  # exp(−∞) = 0 above the diagonal
+    s /= xp.sum(s, axis=-1, keepdims=True)
+
+
+def _softmax_backward_inplace(ds, rowsum, att):
+    """dS = P ⊙ (dP − rowsum) in place in ds (plain in-place operators: any namespace);
+    row by row, so ``rowwise`` can give each core a block of (B) rows."""
+    ds -= rowsum
+    ds *= att
