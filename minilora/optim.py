@@ -8,6 +8,7 @@ with ``FloatingPointError`` and leaves the model untouched.
 from __future__ import annotations
 
 import math
+from functools import partial
 
 from . import backend
 
@@ -123,6 +124,13 @@ class AdamW(Optimizer):
             largest = max(int(a.size) for a, _ in self.state.values())
             self.scratch = xp.empty(largest, dtype=p.dtype)
         w = xp.reshape(self.scratch[:n], p.shape)  # a view: the work array for this parameter
+        # elementwise: big parameters (W of fc1: 2.4M numbers at d768) get their rows split across cores
+        update = partial(self._update_rows, step=step, sqrt_c2=sqrt_c2)
+        backend.rowwise(update, p, g, m, v, w)
+
+    def _update_rows(self, p, g, m, v, w, step, sqrt_c2):
+        """``_update_out``'s arithmetic on one block of rows of p, g, m, v and the work array w."""
+        xp = backend.namespace(p)
         xp.multiply(g, 1.0 - self.beta1, out=w)
         m *= self.beta1
         m += w  # m ← β₁ m + (1−β₁) g
