@@ -39,8 +39,6 @@ import time
 import tracemalloc
 from pathlib import Path
 
-import numpy as np
-
 # PyTorch's OpenMP threads busy-wait between parallel regions by default; on a small shared
 # machine, and interleaved with NumPy's OpenBLAS threads, that spinning fights for the same cores
 # and made PyTorch's step up to 10x slower here. Sleeping waiters (PASSIVE) are the fair setting;
@@ -48,6 +46,19 @@ import numpy as np
 if "--omp-wait-policy" in sys.argv[:-1]:
     os.environ["OMP_WAIT_POLICY"] = sys.argv[sys.argv.index("--omp-wait-policy") + 1]
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+# NumPy's OpenBLAS threads do the same: after each product they spin for 2^28 cycles (~0.1 s)
+# before sleeping. That spinning ran into PyTorch's next timed step (its d256 step: 59 ms alone,
+# 102 ms right after a NumPy product) and takes the second core from minilora's threaded
+# elementwise work. OPENBLAS_THREAD_TIMEOUT=4 (2^4 cycles) is OpenBLAS's PASSIVE; it must be set
+# before NumPy is imported. ``--openblas-thread-timeout default`` leaves OpenBLAS's own setting.
+if "--openblas-thread-timeout" in sys.argv[:-1]:
+    _timeout = sys.argv[sys.argv.index("--openblas-thread-timeout") + 1]
+    if _timeout != "default":
+        os.environ["OPENBLAS_THREAD_TIMEOUT"] = _timeout
+else:
+    os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")
+
+import numpy as np  # noqa: E402
 
 import minilora as ml  # noqa: E402
 from minilora.nn.module import Module  # noqa: E402
@@ -488,6 +499,8 @@ def machine_info(threads):
         "OPENBLAS_CORETYPE": os.environ.get("OPENBLAS_CORETYPE"),
         "OPENBLAS_L2_SIZE": os.environ.get("OPENBLAS_L2_SIZE"),
         "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY"),
+        "OPENBLAS_THREAD_TIMEOUT": os.environ.get("OPENBLAS_THREAD_TIMEOUT"),
+        "elementwise_threads": ml.backend.THREADS,
         "load_average": os.getloadavg() if hasattr(os, "getloadavg") else None,
     }
     try:
@@ -554,7 +567,10 @@ def markdown(results, info, use_torch, args):
     L.append(f"Measured {time.strftime('%Y-%m-%d %H:%M')}: {info['processor']}, {info['threads']} threads "
              f"(NumPy {info['numpy']}" + (f", PyTorch {info['torch']}, PEFT {info.get('peft')}" if use_torch else "")
              + f"), load average at start {info['load_average'][0]:.2f}; "
-             f"{args.rounds} rounds after {args.warmup} warm-up, medians.\n")
+             f"{args.rounds} rounds after {args.warmup} warm-up, medians; "
+             f"OPENBLAS_THREAD_TIMEOUT={info.get('OPENBLAS_THREAD_TIMEOUT')}, "
+             f"OMP_WAIT_POLICY={info.get('OMP_WAIT_POLICY')}, "
+             f"elementwise threads {info.get('elementwise_threads')}.\n")
     L.append("### Training step (forward + backward + AdamW), ms\n")
     hdr = "| configuration | variant | limit | minilora | ×limit |"
     sep = "|---|---|---:|---:|---:|"
@@ -660,6 +676,9 @@ def main(argv=None):
     p.add_argument("--update-docs", default=None, help="fill this Markdown file's bench markers")
     p.add_argument("--omp-wait-policy", default=None,
                    help="OMP_WAIT_POLICY for PyTorch's threads (default PASSIVE; read before import)")
+    p.add_argument("--openblas-thread-timeout", default=None,
+                   help="OPENBLAS_THREAD_TIMEOUT for NumPy's BLAS threads (default 4: sleep at once; "
+                        "'default' leaves OpenBLAS's ~0.1 s spin; read before import)")
     args = p.parse_args(argv)
     args.rounds = args.rounds or (3 if args.quick else 15)
     args.warmup = args.warmup if args.warmup is not None else (1 if args.quick else 3)
