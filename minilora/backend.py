@@ -13,6 +13,7 @@ Everything that depends on *which* library runs is here:
 - ``resolve_device(device)``   "cpu" -> numpy, "cuda" -> cupy (clear error if missing), or a namespace;
 - ``has_out(xp)`` / ``rowwise(fn, *arrays)``: the fast paths of elementwise work on NumPy and CuPy
   (``out=`` buffers instead of fresh temporaries; row blocks on every CPU core);
+- ``batched_matmul(a, b)``: attention's stacks of small products, split across cores;
 - ``rng(seed)`` and ``normal`` / ``uniform``: initial weights are drawn on the CPU by a seeded
   NumPy generator and then moved, so NumPy and CuPy runs start from identical numbers.
 """
@@ -219,6 +220,41 @@ def rowwise(fn, *arrays):
     fn(*blocks[0])  # the first block on this thread, while the pool runs the others
     for job in jobs:
         job.result()  # re-raises an exception from a worker
+
+
+def _matmul_into(a, b, out):
+    np.matmul(a, b, out=out)
+
+
+_blas_controller = None  # threadpoolctl's controller, found once (False: threadpoolctl missing)
+
+
+def batched_matmul(a, b):
+    """``a @ b`` for two stacks of matrices (..., m, k) and (..., k, n) with the same leading axes.
+
+    Attention's products are stacks of small matrices ((B, H) of them, T x hd), and OpenBLAS
+    runs each small product on every core with a hand-off per product: at d256 that made them
+    2x slower than one thread. On NumPy, with threadpoolctl installed, the stack is split across
+    ``THREADS`` threads instead, each running one-thread BLAS on its share of the matrices
+    (d256: 2.6 -> 0.9 ms per product; d768: 8.7 -> 3.8 ms). Anything else is a plain ``a @ b``.
+    """
+    global _blas_controller
+    if (namespace(a, b) is not np or a.ndim < 3 or a.shape[:-2] != b.shape[:-2]
+            or THREADS < 2 or a.shape[0] < 2 or a.size < ROWWISE_MIN_SIZE):
+        return a @ b
+    if _blas_controller is None:
+        try:
+            from threadpoolctl import ThreadpoolController  # noqa: PLC0415  (optional)
+
+            _blas_controller = ThreadpoolController()
+        except ImportError:
+            _blas_controller = False
+    if not _blas_controller:
+        return a @ b
+    out = np.empty(a.shape[:-1] + b.shape[-1:], dtype=np.result_type(a, b))
+    with _blas_controller.limit(limits=1, user_api="blas"):  # restored on exit
+        rowwise(_matmul_into, a, b, out)
+    return out
 
 
 # ----------------------------------------------------------------------------- seeded init

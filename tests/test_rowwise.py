@@ -75,3 +75,20 @@ def test_attention_fast_path_matches_plain_lines_on_a_split_array():
     for n in ("q", "k", "v"):
         np.testing.assert_allclose(g[n], backend.to_numpy(gs[n]), rtol=1e-4, atol=1e-5)
     assert float(np.abs(np.triu(cache.att, k=1)).max()) == 0.0  # the future stays masked
+
+
+def test_batched_matmul_equals_the_operator():
+    # (4, 3, 160, 32) @ (4, 3, 32, 160): 61k-element inputs; split when the threshold allows it
+    gen = np.random.default_rng(3)
+    a = gen.standard_normal((4, 160, 3, 32)).astype(np.float32).transpose(0, 2, 1, 3)  # strided
+    b = gen.standard_normal((4, 3, 160, 32)).astype(np.float32)
+    bt = np.swapaxes(b, -1, -2)
+    for min_size in (1, backend.ROWWISE_MIN_SIZE):
+        backend.ROWWISE_MIN_SIZE, saved = min_size, backend.ROWWISE_MIN_SIZE
+        try:
+            np.testing.assert_allclose(backend.batched_matmul(a, bt), a @ bt, rtol=1e-5, atol=1e-5)
+        finally:
+            backend.ROWWISE_MIN_SIZE = saved
+    sa, sb = _strict(np.ascontiguousarray(a)), _strict(b)  # other namespaces: the plain operator
+    got = backend.batched_matmul(sa, array_api_strict.matrix_transpose(sb))
+    np.testing.assert_allclose(backend.to_numpy(got), a @ bt, rtol=1e-5, atol=1e-5)

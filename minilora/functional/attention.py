@@ -17,7 +17,7 @@ import math
 from functools import partial
 from typing import NamedTuple
 
-from ..backend import check_float, check_same_dtype, has_out, namespace, rowwise
+from ..backend import batched_matmul, check_float, check_same_dtype, has_out, namespace, rowwise
 
 
 def split_heads(x, n_head: int):
@@ -74,7 +74,8 @@ def attention_forward(q, k, v):
     T, hd = q.shape[2], q.shape[3]
     scale = 1.0 / math.sqrt(hd)
     qs = q * scale  # (B, H, T, hd); scaling q costs T·hd per head, scaling S would cost T·T
-    s = qs @ xp.matrix_transpose(k)  # (B, H, T, T)
+    # batched_matmul(a, b) is a @ b, with the (B, H) small products split across cores (NumPy)
+    s = batched_matmul(qs, xp.matrix_transpose(k))  # (B, H, T, T)
     bias = causal_bias(T, xp, q.dtype)
     if has_out(xp):  # NumPy/CuPy: the lines below in place in s, (B·H) rows split across cores
         att = s
@@ -84,7 +85,7 @@ def attention_forward(q, k, v):
         s -= xp.max(s, axis=-1, keepdims=True)  # the diagonal is never masked: every max is finite
         att = xp.exp(s)  # (B, H, T, T); exp(−∞) = 0 above the diagonal
         att /= xp.sum(att, axis=-1, keepdims=True)
-    out = att @ v  # (B, H, T, hd)
+    out = batched_matmul(att, v)  # (B, H, T, hd)
     return out, AttentionCache(qs, k, v, att, scale, out)
 
 
@@ -105,19 +106,19 @@ def attention_backward(dout, cache: AttentionCache, need=("q", "k", "v")):
     xp = namespace(dout, att)
     dq = dk = dv = None
     if "v" in need:
-        dv = xp.matrix_transpose(att) @ dout  # (B, H, T, hd)
+        dv = batched_matmul(xp.matrix_transpose(att), dout)  # (B, H, T, hd); @ as in the forward
     if "q" in need or "k" in need:
-        ds = dout @ xp.matrix_transpose(v)  # (B, H, T, T)  dP, turned into dS in place below
+        ds = batched_matmul(dout, xp.matrix_transpose(v))  # (B, H, T, T)  dP, turned into dS in place below
         if out is None:  # a cache built without the output
             rowsum = xp.sum(ds * att, axis=-1, keepdims=True)  # (B, H, T, 1)
         else:  # the same row sums from (T, hd) arrays: no (B, H, T, T) temporary
             rowsum = xp.sum(dout * out, axis=-1, keepdims=True)
         rowwise(_softmax_backward_inplace, ds, rowsum, att)  # dS = P ⊙ (dP − rowsum), in ds
         if "q" in need:
-            dq = ds @ k  # (B, H, T, hd)
+            dq = batched_matmul(ds, k)  # (B, H, T, hd)
             dq *= scale  # in place: no second (B, H, T, hd) buffer
         if "k" in need:
-            dk = xp.matrix_transpose(ds) @ qs  # (B, H, T, hd); qs already carries the 1/√hd
+            dk = batched_matmul(xp.matrix_transpose(ds), qs)  # (B, H, T, hd); qs already carries the 1/√hd
     grads = {"q": dq, "k": dk, "v": dv}
     return None, {n: g for n, g in grads.items() if n in need}
 
