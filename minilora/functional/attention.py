@@ -17,7 +17,14 @@ import math
 from functools import partial
 from typing import NamedTuple
 
-from ..backend import batched_matmul, check_float, check_same_dtype, has_out, namespace, rowwise
+from ..backend import (
+    batched_matmul,
+    check_float,
+    check_same_dtype,
+    has_out,
+    namespace,
+    rowwise,
+)
 
 
 def split_heads(x, n_head: int):
