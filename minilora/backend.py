@@ -195,7 +195,7 @@ def has_out(xp) -> bool:
 # plain Python threads run them in parallel; BLAS already uses every core for the products.
 THREADS = min(8, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
 ROWWISE_MIN_SIZE = 1 << 18  # below ~256k elements a thread hand-off costs more than it saves
-_pool, _pool_size = None, 0
+_pool, _pool_size, _pool_pid = None, 0, None
 
 
 def rowwise(fn, *arrays):
@@ -206,15 +206,16 @@ def rowwise(fn, *arrays):
     array shares its axis-0 length. Other namespaces (CuPy is already parallel, array-API
     strict), small arrays and a single core get the plain call ``fn(*arrays)``.
     """
-    global _pool, _pool_size
+    global _pool, _pool_size, _pool_pid
     n = arrays[0].shape[0]
     threads = min(THREADS, n)
     if threads < 2 or namespace(*arrays) is not np or arrays[0].size < ROWWISE_MIN_SIZE:
         fn(*arrays)
         return
-    if _pool_size < threads - 1:  # made once (again only if THREADS grows)
+    # made once; again if THREADS grows, or in a forked child (a fork copies no threads)
+    if _pool_size < threads - 1 or _pool_pid != os.getpid():
         _pool = ThreadPoolExecutor(threads - 1, thread_name_prefix="minilora-rowwise")
-        _pool_size = threads - 1
+        _pool_size, _pool_pid = threads - 1, os.getpid()
     cuts = [n * i // threads for i in range(threads + 1)]
     blocks = [[a[lo:hi] for a in arrays] for lo, hi in zip(cuts[:-1], cuts[1:])]
     jobs = [_pool.submit(fn, *b) for b in blocks[1:]]

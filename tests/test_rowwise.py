@@ -92,3 +92,26 @@ def test_batched_matmul_equals_the_operator():
     sa, sb = _strict(np.ascontiguousarray(a)), _strict(b)  # other namespaces: the plain operator
     got = backend.batched_matmul(sa, array_api_strict.matrix_transpose(sb))
     np.testing.assert_allclose(backend.to_numpy(got), a @ bt, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.skipif(not hasattr(__import__("os"), "fork"), reason="needs os.fork")
+def test_rowwise_works_in_a_forked_child(monkeypatch):
+    import multiprocessing
+
+    monkeypatch.setattr(backend, "ROWWISE_MIN_SIZE", 1)
+    monkeypatch.setattr(backend, "THREADS", 2)
+    a = np.arange(12.0).reshape(6, 2)
+    out = np.zeros_like(a)
+    backend.rowwise(_axpy, a, a, out)  # the parent's pool exists now
+    ctx = multiprocessing.get_context("fork")
+    with ctx.Pool(1) as pool:  # the child must build its own pool, not wait on the parent's
+        got = pool.apply_async(_rowwise_in_child).get(timeout=30)
+    np.testing.assert_array_equal(got, 3.0 * np.arange(12.0).reshape(6, 2))
+
+
+def _rowwise_in_child():
+    backend.ROWWISE_MIN_SIZE, backend.THREADS = 1, 2
+    a = np.arange(12.0).reshape(6, 2)
+    out = np.zeros_like(a)
+    backend.rowwise(_axpy, a, a, out)
+    return out
