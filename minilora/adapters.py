@@ -36,6 +36,7 @@ from . import safetensors as st
 from .functional.lora import check_lora, lora_delta
 from .nn.linear import LoRAAdapter, LoRALinear
 from .nn.lora import add_lora, linear_paths, lora_layers, wrap_with_lora
+from .nn.lora import merge as nn_merge
 
 WEIGHTS_NAME = "adapter_model.safetensors"
 CONFIG_NAME = "adapter_config.json"
@@ -180,18 +181,8 @@ def merge_adapter(model, name: str):
     Every merged W is computed and checked finite before any layer changes; a non-finite result
     (or another adapter already merged) raises and leaves the model bitwise unchanged.
     """
-    layers = _layers_with(model, name)
-    for p, m in layers.items():
-        if m.merged not in (None, name):
-            raise ValueError(f"{p}: adapter {m.merged!r} is already merged; unmerge_adapter() first")
-    for p, m in layers.items():
-        if m.merged is None and not backend.is_finite(m.base.params["W"] + m.adapters[name].delta()):
-            raise FloatingPointError(
-                f"{p}: merging adapter {name!r} gives non-finite weights; no layer was changed"
-            )
-    for m in layers.values():
-        m.merge(name)  # recomputes the same W bitwise (deterministic), now known finite
-    return model
+    _layers_with(model, name)  # KeyError naming the adapter if no layer carries it
+    return nn_merge(model, name)
 
 
 def unmerge_adapter(model, name: str | None = None):

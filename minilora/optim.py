@@ -30,6 +30,15 @@ class Optimizer:
                 f"{type(self).__name__}: the model's trainable parameters changed since the "
                 "optimizer was built (added/removed adapter or freeze?); build a new optimizer"
             )
+        for k in self.names:  # state made for other arrays (after model.to / astype)?
+            for s in self.state.get(k, ()):
+                p = params[k]
+                if backend.namespace(s) is not backend.namespace(p) or backend.dtype_name(s) != backend.dtype_name(p):
+                    raise ValueError(
+                        f"{type(self).__name__}: state for {k!r} is {backend.dtype_name(s)} on "
+                        f"{backend.device_name(s)} but the parameter is {backend.dtype_name(p)} on "
+                        f"{backend.device_name(p)} (model moved or cast?); build a new optimizer"
+                    )
         missing = [k for k in self.names if k not in grads]
         if missing:
             raise RuntimeError(f"{type(self).__name__}: no gradient for {missing[:4]}; run backward first")

@@ -99,3 +99,28 @@ def test_loss_inputs_are_checked():
 def test_namespace_rejects_non_arrays():
     with pytest.raises(TypeError, match="expected an array"):
         backend.namespace([1.0, 2.0])
+
+
+@pytest.mark.parametrize("bad", [dict(init="zeros"), dict(dropout=1.0), dict(adapter="a.b"), dict(dropout=-0.1)])
+def test_failed_add_lora_with_bad_options_leaves_the_model_unchanged(bad):
+    m = MLP((4, 6, 3))
+    before = {k: v.copy() for k, v in m.named_parameters().items()}
+    with pytest.raises(ValueError, match="fc1: (init|dropout|adapter name)"):
+        m.add_lora(["fc1", "fc2"], r=2, alpha=4, **bad)
+    assert m.lora_layers() == {} and m.num_parameters(trainable=True) == m.num_parameters()
+    assert all(np.array_equal(v, before[k]) for k, v in m.named_parameters().items())
+
+
+def test_a_plain_linear_inside_a_model_names_its_path():
+    m = MLP((8, 16, 3)).add_lora(["fc2"], r=1, alpha=1)
+    with pytest.raises(ValueError, match=r"^fc1: x has shape \(2, 5\) but W has shape \(16, 8\)"):
+        m.forward(np.ones((2, 5), "float32"))
+    with pytest.raises(TypeError, match="^fc1: arrays must share one dtype"):
+        m.forward(np.ones((2, 8)))
+
+
+def test_dropout_mask_must_match_the_dtype():
+    x = np.ones((3, 4), "float32")
+    A, B = np.ones((2, 4), "float32"), np.ones((5, 2), "float32")
+    with pytest.raises(TypeError, match="fc1: arrays must share one dtype.*mask: float64"):
+        F.lora_forward(x, W54, None, A, B, 1.0, mask=np.ones((3, 4)), layer="fc1")

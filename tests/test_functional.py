@@ -112,3 +112,20 @@ def test_mse_pair(xp):
         return F.mse_forward(x, target)
 
     assert_all_pass(check_pair(forward, F.mse_backward, dict(x=randn(xp, 3, 4), target=target)), ["x"])
+
+
+def test_narrow_integer_ids_do_not_wrap(xp):
+    # uint8 ids with V = 300 > 256: a one-hot built in uint8 would wrap column 257 onto 1
+    V = 300
+    logits = randn(xp, 3, V)
+    wide = arr([1, 2, 257], xp, "int64")
+    narrow = arr([1, 2, 255], xp, "uint8")
+    loss_wide, cache = F.softmax_cross_entropy_forward(logits, wide)
+    assert float(np.from_dlpack(cache.onehot).sum()) == 3.0
+    _, cache8 = F.softmax_cross_entropy_forward(logits, narrow)
+    assert np.from_dlpack(cache8.onehot).sum(axis=1).tolist() == [1.0, 1.0, 1.0]
+    W = randn(xp, V, 4)
+    _, c = F.embedding_forward(narrow, W)
+    _, grads = F.embedding_backward(randn(xp, 3, 4), c)
+    nonzero_rows = np.flatnonzero(np.abs(np.from_dlpack(grads["W"])).sum(axis=1))
+    assert nonzero_rows.tolist() == [1, 2, 255]

@@ -133,3 +133,29 @@ def test_grads_are_overwritten_not_accumulated():
     m.backward(softmax_cross_entropy_backward(1.0, cache)[0])
     for k, v in m.named_grads().items():
         assert np.array_equal(v, g[k])
+
+
+def test_model_merge_is_all_or_none():
+    m = MLP((4, 5, 3), seed=0).add_lora(r=2, alpha=4)
+    m.fc1.lora.default.params["B"] += 0.1
+    m.fc2.lora.default.params["B"] += 1e38  # fc2's merged W overflows to inf
+    before = {k: v.copy() for k, v in m.named_parameters().items()}
+    with pytest.raises(FloatingPointError, match="fc2: merging adapter 'default' gives non-finite"):
+        m.merge()
+    assert {l.merged for l in m.lora_layers().values()} == {None}
+    for k, v in m.named_parameters().items():
+        assert np.array_equal(v, before[k]), k
+
+
+def test_bias_only_training_gets_bias_gradients():
+    m = MLP((4, 5, 3), seed=0, dtype="float64")
+    m.freeze("*.W")
+    x, y = np.random.default_rng(0).standard_normal((6, 4)), np.array([0, 1, 2, 0, 1, 2])
+    W0 = m.fc1.W.copy()
+    opt = AdamW(m, lr=1e-2)
+    train_step(m, opt, x, y)
+    assert set(m.named_grads()) == {"fc1.b", "fc2.b"}
+    assert np.array_equal(m.fc1.W, W0)
+    from minilora.gradcheck import check_model
+
+    assert all(r.passed for r in check_model(m, x, y))

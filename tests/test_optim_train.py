@@ -91,3 +91,22 @@ def test_fit_learns_a_separable_problem(xp):
     hist = fit(m, AdamW(m, lr=1e-2), batches(), 60, progress=False)
     assert hist["losses"][-1] < 0.5 * hist["losses"][0]
     assert hist["step_time"] > 0
+
+
+@pytest.mark.parametrize("change", ["astype", "to"])
+def test_optimizer_refuses_state_for_other_arrays_before_any_change(change):
+    import array_api_strict
+
+    m = MLP((3, 4, 2), seed=0)
+    opt = AdamW(m, lr=1e-2, weight_decay=0.1)
+    if change == "astype":
+        m.astype("float64")
+    else:
+        m.to(array_api_strict)
+    before = {k: backend.to_numpy(v).copy() for k, v in m.named_parameters().items()}
+    set_grads(m, 1.0)
+    with pytest.raises(ValueError, match="build a new optimizer"):
+        opt.step()
+    assert opt.t == 0
+    for k, v in m.named_parameters().items():
+        assert np.array_equal(backend.to_numpy(v), before[k]), k

@@ -61,6 +61,16 @@ def embedding_forward(ids, W):
     return xp.reshape(out, (*ids.shape, C)), EmbeddingCache(flat, V, tuple(ids.shape))
 
 
+def one_hot(ids, V: int, dtype):
+    """onehot (N, V): row n is 1 at column ids[n], 0 elsewhere.  ids (N,) integers in [0, V).
+
+    The comparison runs in int64 so that narrow id dtypes (uint8 with V > 256) cannot wrap.
+    """
+    xp = namespace(ids)
+    wide = xp.astype(ids, xp.int64)
+    return xp.astype(wide[:, None] == xp.arange(V, dtype=xp.int64)[None, :], dtype)
+
+
 def embedding_backward(dout, cache: EmbeddingCache):
     """dW = onehot(ids)ᵀ dout   (repeated ids add up); no dx for integer ids.
 
@@ -70,7 +80,7 @@ def embedding_backward(dout, cache: EmbeddingCache):
     ids, V, _ = cache
     xp = namespace(dout, ids)
     C = dout.shape[-1]
-    onehot = xp.astype(ids[:, None] == xp.arange(V, dtype=ids.dtype)[None, :], dout.dtype)  # (N, V)
+    onehot = one_hot(ids, V, dout.dtype)  # (N, V)
     return None, {"W": xp.matrix_transpose(onehot) @ xp.reshape(dout, (-1, C))}
 
 

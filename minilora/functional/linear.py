@@ -34,13 +34,13 @@ def check_linear_shapes(layer: str, x, W, b) -> None:
         )
 
 
-def linear_forward(x, W, b=None):
+def linear_forward(x, W, b=None, layer: str = "linear"):
     """y = x Wᵀ + b
 
-    Inputs:  x (..., d_in), W (d_out, d_in), b (d_out,) or None
+    Inputs:  x (..., d_in), W (d_out, d_in), b (d_out,) or None; ``layer`` names it in errors
     Returns: y (..., d_out), cache
     """
-    check_linear_shapes("linear", x, W, b)
+    check_linear_shapes(layer, x, W, b)
     namespace(x, W, b)  # raises if backends are mixed
     y = x @ W.T
     if b is not None:

@@ -58,7 +58,9 @@ def lora_forward(x, W, b, A, B, scale: float, mask=None, layer: str = "lora"):
     check_linear_shapes(layer, x, W, b)
     check_float("A", A, layer)
     check_float("B", B, layer)
-    check_same_dtype(layer, x=x, W=W, A=A, B=B)
+    if mask is not None:
+        check_float("mask", mask, layer)
+    check_same_dtype(layer, x=x, W=W, A=A, B=B, mask=mask)
     d_out, d_in = W.shape
     r = A.shape[0]
     if A.ndim != 2 or tuple(A.shape) != (r, d_in) or tuple(B.shape) != (d_out, r):

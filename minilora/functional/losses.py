@@ -8,6 +8,7 @@ from __future__ import annotations
 from typing import NamedTuple
 
 from ..backend import check_float, dtype_name, namespace
+from .embedding import one_hot
 
 
 class CrossEntropyCache(NamedTuple):
@@ -50,7 +51,7 @@ def softmax_cross_entropy_forward(logits, targets):
             f"[{int(xp.min(y))}, {int(xp.max(y))}]"
         )
     logp = log_softmax(z)  # (N, V)
-    onehot = xp.astype(y[:, None] == xp.arange(V, dtype=y.dtype)[None, :], z.dtype)  # (N, V)
+    onehot = one_hot(y, V, z.dtype)  # (N, V)
     N = z.shape[0]
     loss = -xp.sum(logp * onehot) / N
     return loss, CrossEntropyCache(xp.exp(logp), onehot, tuple(logits.shape))

@@ -36,16 +36,25 @@ class Linear(Module):
         return self.params["W"].shape[0]
 
     def forward(self, x):
-        y, self.cache = linear_forward(x, self.params["W"], self.params.get("b"))
+        y, self.cache = linear_forward(x, self.params["W"], self.params.get("b"), layer=self.label)
         return y
 
     def backward(self, dout, need_dx: bool = True):
-        frozen = "W" in self.frozen
+        frozen = set(self.params) <= self.frozen  # dW, db skipped only when both are frozen
         dx, grads = linear_backward(dout, self.cache, frozen=frozen, need_dx=need_dx)
-        if "b" not in self.params or "b" in self.frozen:  # no bias, or a frozen one: no db
-            grads.pop("b", None)
-        self.grads = grads
+        # keep trainable ones only: no bias, or a frozen W or b (e.g. BitFit: W frozen, b trained)
+        self.grads = {k: v for k, v in grads.items() if k in self.params and k not in self.frozen}
         return dx
+
+
+def check_adapter_options(layer: str, dropout=0.0, init="gaussian", name="default") -> None:
+    """Raise ``ValueError`` naming ``layer`` for a bad dropout, init or adapter name."""
+    if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0.0 <= dropout < 1.0:
+        raise ValueError(f"{layer}: dropout must lie in [0, 1), got {dropout!r}")
+    if init not in LoRAAdapter.INITS:
+        raise ValueError(f"{layer}: init must be one of {LoRAAdapter.INITS}, got {init!r}")
+    if not isinstance(name, str) or not name or "." in name:
+        raise ValueError(f"{layer}: adapter name must be a non-empty string without dots, got {name!r}")
 
 
 class LoRAAdapter(Module):
@@ -62,10 +71,7 @@ class LoRAAdapter(Module):
                  seed=0, dtype="float32", device="cpu", layer="LoRALinear"):
         super().__init__()
         check_lora(layer, d_in, d_out, r, alpha)
-        if not 0.0 <= dropout < 1.0:
-            raise ValueError(f"{layer}: dropout must lie in [0, 1), got {dropout!r}")
-        if init not in self.INITS:
-            raise ValueError(f"{layer}: init must be one of {self.INITS}, got {init!r}")
+        check_adapter_options(layer, dropout=dropout, init=init)
         self.r, self.alpha, self.rslora, self.dropout, self.init = r, float(alpha), bool(rslora), float(dropout), init
         self.rng = backend.rng(seed)  # also draws the dropout masks
         if init == "gaussian":
@@ -113,8 +119,7 @@ class LoRALinear(Module):
     def add_adapter(self, name="default", r=8, alpha=16, rslora=False, dropout=0.0, init="gaussian", seed=0):
         if name in self.adapters:
             raise ValueError(f"{self.label}: adapter {name!r} already exists")
-        if not name or "." in name:
-            raise ValueError(f"{self.label}: adapter name must be non-empty without dots, got {name!r}")
+        check_adapter_options(self.label, name=name)
         W = self.base.params["W"]
         adapter = LoRAAdapter(self.base.d_in, self.base.d_out, r, alpha, rslora, dropout, init, seed,
                               backend.dtype_name(W), backend.namespace(W), layer=self.label)
@@ -152,6 +157,11 @@ class LoRALinear(Module):
         name = adapter if adapter is not None else self.active
         if name is None or self.merged == name:
             return
+        self.set_merged(name, self.merged_weight(name))
+
+    def merged_weight(self, name: str):
+        """W + scale · B A for adapter ``name``, checked finite; changes nothing (the first half
+        of ``merge``, so a model can check every layer before changing any)."""
         if self.merged is not None:
             raise ValueError(f"{self.label}: adapter {self.merged!r} is already merged; unmerge() first")
         self._require(name)
@@ -160,6 +170,10 @@ class LoRALinear(Module):
             raise FloatingPointError(
                 f"{self.label}: merging adapter {name!r} gives non-finite weights; model left unchanged"
             )
+        return W_new
+
+    def set_merged(self, name: str, W_new) -> None:
+        """Install ``W_new`` from ``merged_weight(name)`` as W; ``name`` becomes merged and active."""
         self.base.params["W"] = W_new
         self.merged = name
         self.active = name
@@ -178,7 +192,7 @@ class LoRALinear(Module):
         base = self.base
         W, b = base.params["W"], base.params.get("b")
         if self.active is None or self.merged is not None:
-            y, cache = linear_forward(x, W, b)
+            y, cache = linear_forward(x, W, b, layer=self.label)
             self.cache = ("base", cache)
             return y
         ad = self.adapters[self.active]

@@ -10,7 +10,7 @@ from __future__ import annotations
 import fnmatch
 
 from .. import backend
-from .linear import Linear, LoRALinear
+from .linear import Linear, LoRALinear, check_adapter_options
 
 
 def _matches(path: str, pattern: str) -> bool:
@@ -95,6 +95,7 @@ def add_lora(model, targets=None, r=8, alpha=16, rslora=False, dropout=0.0, init
         base = layer.base if isinstance(layer, LoRALinear) else layer
         rr, aa = _per_target(r, path, "r"), _per_target(alpha, path, "alpha")
         check_lora(path, base.d_in, base.d_out, rr, aa)
+        check_adapter_options(path, dropout=dropout, init=init, name=adapter)
         if isinstance(layer, LoRALinear) and adapter in layer.adapters:
             raise ValueError(f"{path}: adapter {adapter!r} already exists")
         plan.append((path, layer, rr, aa))
@@ -105,4 +106,26 @@ def add_lora(model, targets=None, r=8, alpha=16, rslora=False, dropout=0.0, init
         if activate and layer.merged is None:
             layer.set_active(adapter)
     model.set_paths()
+    return model
+
+
+def merge(model, adapter: str | None = None):
+    """W ← W + scale · B A on every LoRA layer — all layers or none.
+
+    ``adapter=None`` merges each layer's active adapter; a name merges that adapter on the layers
+    that carry it (``KeyError`` if none do). Every new W is computed and checked finite before any
+    layer changes, so a non-finite result raises and leaves the model bitwise unchanged.
+    """
+    layers = lora_layers(model)
+    if adapter is not None:
+        layers = {p: m for p, m in layers.items() if adapter in m.adapters}
+        if not layers:
+            raise KeyError(f"{type(model).__name__}: no layer carries adapter {adapter!r}")
+    plan = []
+    for layer in layers.values():
+        name = adapter if adapter is not None else layer.active
+        if name is not None and layer.merged != name:
+            plan.append((layer, name, layer.merged_weight(name)))  # raises before any change
+    for layer, name, W_new in plan:
+        layer.set_merged(name, W_new)
     return model

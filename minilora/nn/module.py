@@ -209,9 +209,10 @@ class Module:
         return lora_layers(self)
 
     def merge(self, adapter: str | None = None) -> "Module":
-        for layer in self.lora_layers().values():
-            layer.merge(adapter)
-        return self
+        """Fold the active (or the named) adapter into W on every LoRA layer, all or none."""
+        from .lora import merge
+
+        return merge(self, adapter)
 
     def unmerge(self) -> "Module":
         for layer in self.lora_layers().values():
