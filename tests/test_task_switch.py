@@ -50,3 +50,25 @@ def test_command_line_entry_point():
     assert res.returncode == 0, res.stderr
     for phrase in ("accuracy", "full model", "switch adapter in memory", "bitwise the same logits: True"):
         assert phrase in res.stdout, res.stdout
+
+
+def test_load_model_weights_checks_names_shapes_and_dtypes_first(tmp_path):
+    import numpy as np
+    import pytest
+
+    from minilora import MLP
+    from minilora.experiments.task_switch import load_model_weights, save_model
+
+    path = str(tmp_path / "base.safetensors")
+    save_model(MLP((4, 5, 3), seed=0), path)
+    target = MLP((4, 5, 3), seed=1).add_lora(r=1, alpha=1)
+    before = {k: v.copy() for k, v in target.named_parameters().items()}
+    with pytest.raises(ValueError, match="names differ"):
+        load_model_weights(target, path)
+    wide = MLP((4, 6, 3), seed=1)
+    with pytest.raises(ValueError, match=r"fc1.W is float32\(5, 4\), the model's is float32\(6, 4\)"):
+        load_model_weights(wide, path)
+    assert all(np.array_equal(v, before[k]) for k, v in target.named_parameters().items())
+    plain = MLP((4, 5, 3), seed=1)
+    load_model_weights(plain, path)
+    assert np.array_equal(plain.fc1.W, MLP((4, 5, 3), seed=0).fc1.W)
