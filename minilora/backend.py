@@ -21,8 +21,9 @@ from __future__ import annotations
 
 import math
 import os
+import threading
 import types
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, wait
 
 import numpy as np
 
@@ -32,7 +33,7 @@ FLOAT_DTYPES = ("float16", "float32", "float64")
 def namespace(*arrays):
     """Return the array namespace shared by ``arrays`` (``None`` entries are ignored).
 
-    NumPy >= 2, CuPy >= 13 and array-api-strict arrays all expose ``__array_namespace__``.
+    NumPy >= 2, CuPy >= 14 and array-api-strict arrays all expose ``__array_namespace__``.
     Raises ``TypeError`` if the arrays come from two different libraries.
     """
     xp = None
@@ -195,7 +196,18 @@ def has_out(xp) -> bool:
 # plain Python threads run them in parallel; BLAS already uses every core for the products.
 THREADS = min(8, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
 ROWWISE_MIN_SIZE = 1 << 18  # below ~256k elements a thread hand-off costs more than it saves
-_pool, _pool_size, _pool_pid = None, 0, None
+_pool, _pool_size = None, 0
+_pool_lock = threading.Lock()  # two threads' first calls must not both build (and swap) a pool
+
+
+def _get_pool(workers: int) -> ThreadPoolExecutor:
+    """The shared pool, made once; again if THREADS grows (a forked child starts without one)."""
+    global _pool, _pool_size
+    with _pool_lock:
+        if _pool is None or _pool_size < workers:
+            _pool = ThreadPoolExecutor(workers, thread_name_prefix="minilora-rowwise")
+            _pool_size = workers
+        return _pool
 
 
 def rowwise(fn, *arrays):
@@ -204,22 +216,26 @@ def rowwise(fn, *arrays):
     ``fn`` must work row by row and in place: row i of what it writes depends only on row i
     (axis 0) of each array, and it returns nothing. The first array decides the rows; every
     array shares its axis-0 length. Other namespaces (CuPy is already parallel, array-API
-    strict), small arrays and a single core get the plain call ``fn(*arrays)``.
+    strict), small arrays and a single core get the plain call ``fn(*arrays)``. It returns, or
+    raises (the first block's exception, else the first failed worker's), only once every
+    block has finished.
     """
-    global _pool, _pool_size, _pool_pid
     n = arrays[0].shape[0]
     threads = min(THREADS, n)
     if threads < 2 or namespace(*arrays) is not np or arrays[0].size < ROWWISE_MIN_SIZE:
         fn(*arrays)
         return
-    # made once; again if THREADS grows, or in a forked child (a fork copies no threads)
-    if _pool_size < threads - 1 or _pool_pid != os.getpid():
-        _pool = ThreadPoolExecutor(threads - 1, thread_name_prefix="minilora-rowwise")
-        _pool_size, _pool_pid = threads - 1, os.getpid()
+    pool = _get_pool(threads - 1)
     cuts = [n * i // threads for i in range(threads + 1)]
     blocks = [[a[lo:hi] for a in arrays] for lo, hi in zip(cuts[:-1], cuts[1:])]
-    jobs = [_pool.submit(fn, *b) for b in blocks[1:]]
-    fn(*blocks[0])  # the first block on this thread, while the pool runs the others
+    jobs = []
+    try:
+        for b in blocks[1:]:
+            jobs.append(pool.submit(fn, *b))
+        fn(*blocks[0])  # the first block on this thread, while the pool runs the others
+    finally:
+        # even when fn (or a submit) raised: no worker may still be writing once we return
+        wait(jobs)
     for job in jobs:
         job.result()  # re-raises an exception from a worker
 
@@ -229,6 +245,15 @@ def _matmul_into(a, b, out):
 
 
 _blas_controller = None  # threadpoolctl's controller, found once (False: threadpoolctl missing)
+# BLAS's thread count is process-wide, and a limit saves the count it finds on entry and puts
+# it back on exit. Two overlapping limits on two threads therefore break it: the second saves
+# the first's 1 and "restores" it last, leaving BLAS on one thread for good. (A shared count
+# with the first entry lowering and the last exit restoring fails too: threadpoolctl 3.8 lets
+# only one thread at a time set a pthreads OpenBLAS's count, and the last out may not be it.)
+# So one product at a time holds the limit, set and restored on the same thread. A caller
+# waiting here loses little: the product it waits for already uses THREADS cores.
+_blas_lock = threading.Lock()
+_blas_limiter = None  # the limit in force while _blas_lock is held (for a forked child)
 
 
 def batched_matmul(a, b):
@@ -239,8 +264,9 @@ def batched_matmul(a, b):
     2x slower than one thread. On NumPy, with threadpoolctl installed, the stack is split across
     ``THREADS`` threads instead, each running one-thread BLAS on its share of the matrices
     (d256: 2.6 -> 0.9 ms per product; d768: 8.7 -> 3.8 ms). Anything else is a plain ``a @ b``.
+    Safe from several threads at once: their split products take turns (see ``_blas_lock``).
     """
-    global _blas_controller
+    global _blas_controller, _blas_limiter
     if (namespace(a, b) is not np or a.ndim < 3 or a.shape[:-2] != b.shape[:-2]
             or THREADS < 2 or a.shape[0] < 2 or a.size < ROWWISE_MIN_SIZE):
         return a @ b
@@ -254,9 +280,29 @@ def batched_matmul(a, b):
     if not _blas_controller:
         return a @ b
     out = np.empty(a.shape[:-1] + b.shape[-1:], dtype=np.result_type(a, b))
-    with _blas_controller.limit(limits=1, user_api="blas"):  # restored on exit
-        rowwise(_matmul_into, a, b, out)
-    return out
+    with _blas_lock, _blas_controller.limit(limits=1, user_api="blas") as limiter:
+        _blas_limiter = limiter
+        try:
+            rowwise(_matmul_into, a, b, out)  # returns only when every block is done
+        finally:
+            _blas_limiter = None
+    return out  # the limit was lifted on the way out of the with, on this thread
+
+
+def _reset_in_forked_child():
+    """A fork copies only the forking thread: a lock another thread held stays held for good,
+    and a pool's threads are gone. So the child gets new locks and no pool, and if a product
+    on another thread had BLAS limited at the fork, the child's BLAS gets its count back."""
+    global _pool, _pool_size, _pool_lock, _blas_lock, _blas_limiter
+    _pool, _pool_size = None, 0
+    _pool_lock, _blas_lock = threading.Lock(), threading.Lock()
+    if _blas_limiter is not None:
+        limiter, _blas_limiter = _blas_limiter, None
+        limiter.__exit__(None, None, None)  # restores the count it found on entry
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_reset_in_forked_child)
 
 
 # ----------------------------------------------------------------------------- seeded init

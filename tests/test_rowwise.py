@@ -115,3 +115,133 @@ def _rowwise_in_child():
     out = np.zeros_like(a)
     backend.rowwise(_axpy, a, a, out)
     return out
+
+
+def _blas_threads():
+    from threadpoolctl import threadpool_info
+
+    return [i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"]
+
+
+def test_batched_matmul_from_several_threads_leaves_blas_threads_as_they_were(monkeypatch):
+    # BLAS's thread count is process-wide: overlapping limits used to leave it at 1 for good.
+    # (Only detectable where BLAS starts with more than one thread.)
+    import threading
+
+    monkeypatch.setattr(backend, "ROWWISE_MIN_SIZE", 1)
+    monkeypatch.setattr(backend, "THREADS", 2)
+    gen = np.random.default_rng(4)
+    a = gen.standard_normal((4, 2, 24, 16)).astype(np.float32)
+    b = gen.standard_normal((4, 2, 16, 20)).astype(np.float32)
+    want = a @ b
+    before = _blas_threads()
+    wrong = []
+
+    def work():
+        for _ in range(150):
+            got = backend.batched_matmul(a, b)
+            if not np.allclose(got, want, rtol=1e-5, atol=1e-5):
+                wrong.append(got)
+
+    threads = [threading.Thread(target=work) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not wrong
+    assert _blas_threads() == before
+
+
+def test_rowwise_waits_for_the_workers_when_the_callers_block_raises(monkeypatch):
+    import threading
+    import time
+
+    monkeypatch.setattr(backend, "ROWWISE_MIN_SIZE", 1)
+    monkeypatch.setattr(backend, "THREADS", 2)
+    worker_done = threading.Event()
+
+    def fail_first_block(a, out):
+        if a[0, 0] == 0:  # the first block, run by the caller's thread
+            raise ValueError("first block failed")
+        time.sleep(0.2)  # the worker's block is still writing when the first block fails
+        out[...] = 1.0
+        worker_done.set()
+
+    a = np.arange(8.0).reshape(4, 2)
+    out = np.zeros_like(a)
+    with pytest.raises(ValueError, match="first block failed"):
+        backend.rowwise(fail_first_block, a, out)
+    assert worker_done.is_set()  # finished before rowwise raised, not after
+    np.testing.assert_array_equal(out[2:], 1.0)
+
+
+def test_rowwise_pool_is_built_once_when_first_calls_race(monkeypatch):
+    import threading
+    import time
+    from concurrent.futures import ThreadPoolExecutor
+
+    def slow_executor(*args, **kwargs):  # widens the window two first calls could both enter
+        time.sleep(0.05)
+        return ThreadPoolExecutor(*args, **kwargs)
+
+    monkeypatch.setattr(backend, "ThreadPoolExecutor", slow_executor)
+    monkeypatch.setattr(backend, "_pool", None)
+    monkeypatch.setattr(backend, "_pool_size", 0)
+    start = threading.Barrier(6)
+    pools = []
+
+    def first_call():
+        start.wait()
+        pools.append(backend._get_pool(1))
+
+    threads = [threading.Thread(target=first_call) for _ in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(pools) == 6 and all(p is pools[0] for p in pools)
+    assert backend._pool is pools[0]
+
+
+_real_matmul_into = backend._matmul_into
+
+
+def _batched_matmul_in_child():
+    backend._matmul_into = _real_matmul_into  # the parent's is patched to block
+    backend.ROWWISE_MIN_SIZE, backend.THREADS = 1, 2
+    a = np.arange(2 * 2 * 3 * 3, dtype=np.float64).reshape(2, 2, 3, 3)
+    got = backend.batched_matmul(a, a)
+    return np.array_equal(got, a @ a), _blas_threads()
+
+
+@pytest.mark.skipif(not hasattr(__import__("os"), "fork"), reason="needs os.fork")
+def test_fork_while_another_thread_holds_the_blas_limit(monkeypatch):
+    # the child must not wait forever on the lock that thread held, and its BLAS gets its
+    # thread count back (the thread that would have restored it does not exist there)
+    import multiprocessing
+    import threading
+
+    monkeypatch.setattr(backend, "ROWWISE_MIN_SIZE", 1)
+    monkeypatch.setattr(backend, "THREADS", 2)
+    inside, release = threading.Event(), threading.Event()
+
+    def blocking_matmul_into(a, b, out):
+        inside.set()
+        release.wait(30)
+        _real_matmul_into(a, b, out)
+
+    monkeypatch.setattr(backend, "_matmul_into", blocking_matmul_into)
+    before = _blas_threads()
+    a = np.ones((2, 2, 3, 3))
+    holder = threading.Thread(target=backend.batched_matmul, args=(a, a))
+    holder.start()
+    try:
+        assert inside.wait(30)
+        with multiprocessing.get_context("fork").Pool(1) as pool:
+            ok, child_blas = pool.apply_async(_batched_matmul_in_child).get(timeout=30)
+    finally:
+        release.set()
+        holder.join(30)
+    assert ok
+    assert child_blas == before
+    assert _blas_threads() == before
