@@ -186,6 +186,16 @@ def all_finite(arrays) -> bool:
     return all(is_finite(a) for a in arrays)
 
 
+def write(out, fn, *args) -> None:
+    """``out[...] = fn(*args)``, without the temporary where the library allows it:
+    NumPy and CuPy take ``fn(*args, out=out)``; other namespaces (the array API has no ``out=``)
+    get the plain assignment."""
+    if has_out(out.__array_namespace__()):
+        fn(*args, out=out)
+    else:
+        out[...] = fn(*args)
+
+
 def has_out(xp) -> bool:
     """True if ``xp``'s elementwise functions take ``out=`` (NumPy and CuPy; the array API
     standard has no ``out=``, so code must keep a plain fallback for other namespaces)."""

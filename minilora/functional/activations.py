@@ -4,7 +4,7 @@ from __future__ import annotations
 import math
 from typing import NamedTuple
 
-from ..backend import check_float, has_out, namespace, rowwise
+from ..backend import check_float, namespace, rowwise, write
 
 
 class ReLUCache(NamedTuple):
@@ -42,21 +42,8 @@ def gelu_forward(x):
     """
     check_float("x", x, "gelu")
     xp = namespace(x)
-    if has_out(xp):  # NumPy/CuPy: the same steps with out= and no temporaries, rows on every core
-        t, y = xp.empty_like(x), xp.empty_like(x)
-        rowwise(_gelu_forward_out, x, t, y)
-        return y, GELUCache(x, t)
-    # Step by step on one fresh buffer: a new (N, 4C) temporary costs more than its arithmetic
-    # (memory and page faults), and the one-line formula makes nine of them.
-    z = x * x
-    z *= 0.044715
-    z += 1.0
-    z *= x
-    z *= _C  # z = √(2/π) (x + 0.044715 x³)
-    t = xp.tanh(z)
-    y = t + 1.0
-    y *= x
-    y *= 0.5  # y = ½ x (1 + t)
+    t, y = xp.empty_like(x), xp.empty_like(x)
+    rowwise(_gelu_forward_rows, x, t, y)
     return y, GELUCache(x, t)
 
 
@@ -64,47 +51,37 @@ def gelu_backward(dout, cache: GELUCache):
     """dy/dx = ½(1 + t) + ½ x (1 − t²) √(2/π) (1 + 3·0.044715 x²),   dx = dout · dy/dx"""
     x, t = cache
     xp = namespace(dout, x)
-    if has_out(xp):  # as in gelu_forward
-        dx = xp.empty_like(x)
-        rowwise(_gelu_backward_out, dout, x, t, dx)
-        return dx, {}
-    # In place on two fresh buffers instead of a dozen temporaries (see gelu_forward).
-    w = t * t
-    w -= 1.0  # t² − 1
-    g = x * x
-    g *= 3 * 0.044715
-    g += 1.0
-    g *= x
-    g *= -_C
-    g *= w  # x (1 − t²) √(2/π) (1 + 3·0.044715 x²)
-    g += t
-    g += 1.0
-    g *= 0.5  # g = dy/dx
-    g *= dout
-    return g, {}
+    dx = xp.empty_like(x)
+    rowwise(_gelu_backward_rows, dout, x, t, dx)
+    return dx, {}
 
 
-def _gelu_forward_out(x, t, y):
-    """gelu_forward's steps written into t and y with out= (NumPy, CuPy): no fresh (N, 4C)
-    array at all, and row by row, so ``rowwise`` can give each core a block of rows."""
+# The two bodies below are the equations above, one operation per line, written into arrays the
+# caller allocated. Why not the one-line formulas: each makes about ten fresh (N, 4C)
+# temporaries, and on a CPU a fresh multi-MB array costs more than its arithmetic. Row i of the
+# outputs depends only on row i of the inputs, so ``rowwise`` can give each core a block of rows.
+
+
+def _gelu_forward_rows(x, t, y):
+    """t ← tanh(√(2/π) (x + 0.044715 x³)),   y ← ½ x (1 + t)"""
     xp = namespace(x)
-    xp.multiply(x, x, out=y)
+    write(y, xp.multiply, x, x)  # y is scratch until the last three lines
     y *= 0.044715
     y += 1.0
     y *= x
-    y *= _C  # y = √(2/π) (x + 0.044715 x³) for now
-    xp.tanh(y, out=t)
-    xp.add(t, 1.0, out=y)
+    y *= _C  # √(2/π) (x + 0.044715 x³)
+    write(t, xp.tanh, y)
+    write(y, xp.add, t, 1.0)
     y *= x
-    y *= 0.5  # y = ½ x (1 + t)
+    y *= 0.5  # ½ x (1 + t)
 
 
-def _gelu_backward_out(dout, x, t, dx):
-    """gelu_backward's steps written into dx with out= (see ``_gelu_forward_out``)."""
+def _gelu_backward_rows(dout, x, t, dx):
+    """dx ← dout · (½(1 + t) + ½ x (1 − t²) √(2/π) (1 + 3·0.044715 x²))"""
     xp = namespace(x)
     w = t * t  # one temporary, a block's rows only
     w -= 1.0  # t² − 1
-    xp.multiply(x, x, out=dx)
+    write(dx, xp.multiply, x, x)
     dx *= 3 * 0.044715
     dx += 1.0
     dx *= x
