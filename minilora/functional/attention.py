@@ -21,9 +21,9 @@ from ..backend import (
     batched_matmul,
     check_float,
     check_same_dtype,
-    has_out,
     namespace,
     rowwise,
+    write,
 )
 
 
@@ -84,14 +84,8 @@ def attention_forward(q, k, v):
     # batched_matmul(a, b) is a @ b, with the (B, H) small products split across cores (NumPy)
     s = batched_matmul(qs, xp.matrix_transpose(k))  # (B, H, T, T)
     bias = causal_bias(T, xp, q.dtype)
-    if has_out(xp):  # NumPy/CuPy: the lines below in place in s, (B·H) rows split across cores
-        att = s
-        rowwise(partial(_causal_softmax_out, bias=bias), xp.reshape(s, (-1, T, T)))
-    else:
-        s += bias  # in place (here and below): no extra (B, H, T, T) buffers
-        s -= xp.max(s, axis=-1, keepdims=True)  # the diagonal is never masked: every max is finite
-        att = xp.exp(s)  # (B, H, T, T); exp(−∞) = 0 above the diagonal
-        att /= xp.sum(att, axis=-1, keepdims=True)
+    att = s  # P = softmax(S + M) overwrites S in place: no second (B, H, T, T) array
+    rowwise(partial(_causal_softmax_rows, bias=bias), att)  # the batch rows split across cores
     out = batched_matmul(att, v)  # (B, H, T, hd)
     return out, AttentionCache(qs, k, v, att, scale, out)
 
@@ -130,13 +124,13 @@ def attention_backward(dout, cache: AttentionCache, need=("q", "k", "v")):
     return None, {n: g for n, g in grads.items() if n in need}
 
 
-def _causal_softmax_out(s, bias):
-    """P = softmax(S + M) over the last axis, in place in s (T, T) blocks (NumPy, CuPy: exp with
-    out=, so no second (B, H, T, T) array); row by row, for ``rowwise``."""
+def _causal_softmax_rows(s, bias):
+    """P = softmax(S + M) over the last axis, in place in s (..., T, T); row by row, for
+    ``rowwise``."""
     xp = namespace(s)
     s += bias
     s -= xp.max(s, axis=-1, keepdims=True)  # the diagonal is never masked: every max is finite
-    xp.exp(s, out=s)  # exp(−∞) = 0 above the diagonal
+    write(s, xp.exp, s)  # exp(−∞) = 0 above the diagonal
     s /= xp.sum(s, axis=-1, keepdims=True)
 
 
