@@ -97,7 +97,7 @@ class AdamW(Optimizer):
             k: (backend.namespace(v).zeros_like(v), backend.namespace(v).zeros_like(v))
             for k, v in params.items()
         }
-        self.scratch = None  # NumPy/CuPy: one work array, the size of the largest parameter
+        self.scratch = None  # one work array, the size of the largest parameter
 
     def step(self):
         params, grads = self._params_and_grads()
@@ -112,19 +112,12 @@ class AdamW(Optimizer):
             m, v = self.state[k]
             if self.weight_decay:
                 p *= 1.0 - self.lr * self.weight_decay
-            if backend.has_out(xp):
-                self._update_out(xp, p, g, m, v, step, math.sqrt(c2))
-                continue
-            m *= b1
-            m += (1.0 - b1) * g
-            v *= b2
-            v += (1.0 - b2) * (g * g)
-            p -= step * (m / (xp.sqrt(v) / math.sqrt(c2) + self.eps))
+            self._update(xp, p, g, m, v, step, math.sqrt(c2))
 
-    def _update_out(self, xp, p, g, m, v, step, sqrt_c2):
-        """The same update as ``step``'s plain lines, written into one reused work array with
-        ``out=`` (NumPy, CuPy): the plain lines make six parameter-sized temporaries per
-        parameter per step, and for full fine-tuning those cost more than the arithmetic."""
+    def _update(self, xp, p, g, m, v, step, sqrt_c2):
+        """m, v and θ updated in place through one reused work array w: the one-line update
+        makes six parameter-sized temporaries per parameter per step, and for full fine-tuning
+        those cost more than the arithmetic."""
         n = 1
         for s in p.shape:
             n *= s
@@ -132,24 +125,25 @@ class AdamW(Optimizer):
         if w is None or w.size < n or w.dtype != p.dtype or backend.namespace(w) is not xp:
             largest = max(int(a.size) for a, _ in self.state.values())
             self.scratch = xp.empty(largest, dtype=p.dtype)
-        w = xp.reshape(self.scratch[:n], p.shape)  # a view: the work array for this parameter
+        w = xp.reshape(self.scratch[:n], p.shape)  # the work array for this parameter
         # elementwise: big parameters (W of fc1: 2.4M numbers at d768) get their rows split across cores
         update = partial(self._update_rows, step=step, sqrt_c2=sqrt_c2)
         backend.rowwise(update, p, g, m, v, w)
 
     def _update_rows(self, p, g, m, v, w, step, sqrt_c2):
-        """``_update_out``'s arithmetic on one block of rows of p, g, m, v and the work array w."""
+        """The update of the class docstring on one block of rows of p, g, m, v (w: scratch)."""
         xp = backend.namespace(p)
-        xp.multiply(g, 1.0 - self.beta1, out=w)
+        write = backend.write  # w ← f(...) without a temporary where the library allows
+        write(w, xp.multiply, g, 1.0 - self.beta1)
         m *= self.beta1
         m += w  # m ← β₁ m + (1−β₁) g
-        xp.multiply(g, g, out=w)
+        write(w, xp.multiply, g, g)
         w *= 1.0 - self.beta2
         v *= self.beta2
         v += w  # v ← β₂ v + (1−β₂) g²
-        xp.sqrt(v, out=w)
+        write(w, xp.sqrt, v)
         w *= 1.0 / sqrt_c2
         w += self.eps  # √(v / (1−β₂ᵗ)) + ε
-        xp.divide(m, w, out=w)
+        write(w, xp.divide, m, w)
         w *= step
         p -= w  # θ ← θ − lr (m / (1−β₁ᵗ)) / (√(v / (1−β₂ᵗ)) + ε)
