@@ -17,7 +17,10 @@ DEMOS = {
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from . import __version__
+
     p = argparse.ArgumentParser(prog="minilora", description=__doc__.splitlines()[0])
+    p.add_argument("--version", action="version", version=f"minilora {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
 
     d = sub.add_parser("demo", help="run a demo and print its report")

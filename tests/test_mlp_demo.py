@@ -35,3 +35,14 @@ def test_cuda_without_cupy_fails_cleanly_with_the_install_hint(monkeypatch, caps
     assert "minilora[cuda12]" in err and "Traceback" not in err
     assert cli.main(["demo", "mlp", "--device", "tpu"]) == 2
     assert "unknown device 'tpu'" in capsys.readouterr().err
+
+
+def test_version_flag(capsys):
+    import pytest
+
+    import minilora
+    from minilora import cli
+
+    with pytest.raises(SystemExit) as e:
+        cli.main(["--version"])
+    assert e.value.code == 0 and capsys.readouterr().out.strip() == f"minilora {minilora.__version__}"
