@@ -31,9 +31,9 @@ class Optimizer:
                 "optimizer was built (added/removed adapter or freeze?); build a new optimizer"
             )
         for k in self.names:  # state made for other arrays (after model.to / astype)?
+            p = params[k]
             for s in self.state.get(k, ()):
-                p = params[k]
-                if backend.namespace(s) is not backend.namespace(p) or backend.dtype_name(s) != backend.dtype_name(p):
+                if type(s) is not type(p) or s.dtype != p.dtype:  # cheap: runs every step
                     raise ValueError(
                         f"{type(self).__name__}: state for {k!r} is {backend.dtype_name(s)} on "
                         f"{backend.device_name(s)} but the parameter is {backend.dtype_name(p)} on "
