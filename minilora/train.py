@@ -45,3 +45,15 @@ def fit(model, optimizer, batches, steps: int, loss: str = "cross_entropy", prog
         bar.set_postfix(loss=f"{losses[-1]:.4f}")
     times.sort()
     return {"losses": losses, "step_time": times[len(times) // 2] if times else 0.0}
+
+
+def accuracy(model, x, y) -> float:
+    """Fraction of rows whose largest logit is the label, in eval mode (dropout off); the
+    model's train/eval mode is restored afterwards."""
+    was_training = model.training
+    model.eval()
+    try:
+        pred = backend.to_numpy(model.forward(x)).argmax(-1)
+    finally:
+        model.train(was_training)
+    return float((pred == backend.to_numpy(y)).mean())

@@ -110,3 +110,17 @@ def test_optimizer_refuses_state_for_other_arrays_before_any_change(change):
     assert opt.t == 0
     for k, v in m.named_parameters().items():
         assert np.array_equal(backend.to_numpy(v), before[k]), k
+
+
+def test_accuracy_counts_argmax_hits_and_restores_the_mode():
+    from minilora.train import accuracy
+
+    m = MLP((3, 4, 2), seed=0, dtype="float64")
+    x = np.random.default_rng(0).standard_normal((20, 3))
+    pred = m.forward(x).argmax(-1)
+    y = pred.copy()
+    y[:5] = 1 - y[:5]  # five wrong labels
+    m.train()
+    assert accuracy(m, x, y) == 15 / 20 and m.training
+    m.eval()
+    assert accuracy(m, x, pred) == 1.0 and not m.training

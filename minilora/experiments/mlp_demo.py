@@ -16,14 +16,7 @@ import numpy as np
 from .. import backend
 from ..nn import MLP
 from ..optim import AdamW
-from ..train import fit
-
-
-def accuracy(model, x, y) -> float:
-    model.eval()
-    pred = backend.to_numpy(model.forward(x)).argmax(-1)
-    model.train()
-    return float((pred == backend.to_numpy(y)).mean())
+from ..train import accuracy, fit
 
 
 def _moved(arrays, device):

@@ -19,17 +19,10 @@ from .. import adapters, backend
 from .. import safetensors as st
 from ..nn import MLP
 from ..optim import AdamW
-from ..train import fit
+from ..train import accuracy, fit
 
 DOMAINS = ("upright", "rotated", "mirrored")
 TASKS = ("rotated", "mirrored")
-
-
-def accuracy(model, x, y) -> float:
-    model.eval()
-    pred = backend.to_numpy(model.forward(x)).argmax(-1)
-    model.train()
-    return float((pred == backend.to_numpy(y)).mean())
 
 
 def median_time(fn, repeats: int) -> float:
