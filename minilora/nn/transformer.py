@@ -92,6 +92,15 @@ def trainable(module: Module) -> bool:
     return any(k not in m.frozen for _, m in module.named_modules() for k in m.params)
 
 
+def backward_or_clear(module: Module, d, need_dx: bool):
+    """``module.backward(d)``, or — when no gradient arrives (``d`` is None: nothing below needs
+    one, so the layers above skipped it) — clear the module's stale grads and pass None on."""
+    if d is None:
+        module.zero_grad()
+        return None
+    return module.backward(d, need_dx=need_dx)
+
+
 def _normal_linear(d_in, d_out, std, gen, bias=True, dtype="float32", device="cpu") -> Linear:
     """A ``Linear`` with GPT-2's init: W ~ N(0, std²), b = 0 (drawn from the model's generator)."""
     layer = Linear(d_in, d_out, bias=bias, seed=0, dtype=dtype, device=device)  # shapes; W replaced
@@ -209,7 +218,8 @@ class CausalSelfAttention(Module):
 
 
 class FeedForward(Module):
-    """out = fc2(GELU(fc1(x))), fc1: C -> 4C, fc2: 4C -> C (GELU in its tanh form)."""
+    """out = fc2(GELU(fc1(x))), fc1: C -> hidden, fc2: hidden -> C (hidden = mlp_ratio · C; GELU
+    in its tanh form)."""
 
     def __init__(self, C: int, hidden: int, std=0.02, proj_std=0.02, seed=0, dtype="float32", device="cpu"):
         super().__init__()
@@ -259,15 +269,14 @@ class Block(Module):
         ln1_t, ln2_t = trainable(ch["ln1"]), trainable(ch["ln2"])
         need_dh = need_dx or ln1_t or trainable(ch["attn"])
         d = ch["mlp"].backward(dout, need_dx=need_dh or ln2_t)
-        # a skipped input gradient arrives as None; zero_grad() clears the frozen layer and gives None
-        d = ch["ln2"].backward(d, need_dx=need_dh) if d is not None else ch["ln2"].zero_grad()
+        d = backward_or_clear(ch["ln2"], d, need_dh)
         if not need_dh:  # nothing below needs dh: attn and ln1 are frozen
             ch["attn"].zero_grad(), ch["ln1"].zero_grad()
             return None
         d += dout  # in place (d is fresh): dh = dy + ln2ᵀ(...), the residual passes dy through
         dh = d  # (B, T, C)
         d = ch["attn"].backward(dh, need_dx=need_dx or ln1_t)
-        d = ch["ln1"].backward(d, need_dx=need_dx) if d is not None else ch["ln1"].zero_grad()
+        d = backward_or_clear(ch["ln1"], d, need_dx)
         if not need_dx:
             return None
         d += dh  # in place, as above: dx = dh + ln1ᵀ(...)
@@ -346,15 +355,12 @@ class GPT(Module):
         B, T, V = dlogits.shape
         xp = backend.namespace(dlogits)
         d = ch["lm_head"].backward(xp.reshape(dlogits, (B * T, V)), need_dx=below[-1] or trainable(ch["ln_f"]))
-        d = ch["ln_f"].backward(d, need_dx=below[-1]) if d is not None else ch["ln_f"].zero_grad()
+        d = backward_or_clear(ch["ln_f"], d, below[-1])
         d = xp.reshape(d, (B, T, d.shape[-1])) if d is not None else None  # (B, T, C)
         for i in range(len(blocks) - 1, -1, -1):  # (B, T, C) flows down the residual stream
-            d = blocks[i].backward(d, need_dx=below[i]) if d is not None else blocks[i].zero_grad()
+            d = backward_or_clear(blocks[i], d, below[i])
         for name in ("wte", "wpe"):
-            if d is not None:
-                ch[name].backward(d)  # wpe sums d over the batch
-            else:
-                ch[name].zero_grad()
+            backward_or_clear(ch[name], d, False)  # wpe sums d over the batch
         return None
 
     # ------------------------------------------------------------------ sampling
