@@ -35,7 +35,7 @@ from . import backend
 from . import safetensors as st
 from .functional.lora import check_lora, lora_delta
 from .nn.linear import LoRAAdapter, LoRALinear
-from .nn.lora import add_lora, linear_paths, lora_layers, wrap_with_lora
+from .nn.lora import add_lora, layers_with, linear_paths, lora_layers, wrap_with_lora
 from .nn.lora import merge as nn_merge
 
 WEIGHTS_NAME = "adapter_model.safetensors"
@@ -70,14 +70,6 @@ class AdapterInfo:
     merged: bool  # merged into W on every layer that carries it
 
 
-def _layers_with(model, name: str) -> dict:
-    """``{path: LoRALinear}`` for the layers carrying adapter ``name`` (KeyError if none do)."""
-    layers = {p: m for p, m in lora_layers(model).items() if name in m.adapters}
-    if not layers:
-        raise KeyError(f"{type(model).__name__}: no adapter {name!r}; adapters: {sorted(list_adapters(model))}")
-    return layers
-
-
 def list_adapters(model) -> dict:
     """``{name: AdapterInfo}`` for every adapter in ``model``, in the order they were added."""
     names = []
@@ -85,7 +77,7 @@ def list_adapters(model) -> dict:
         names += [n for n in layer.adapters if n not in names]
     out = {}
     for name in names:
-        layers = {p: m for p, m in lora_layers(model).items() if name in m.adapters}
+        layers = layers_with(model, name)
         ads = {p: m.adapters[name] for p, m in layers.items()}
         first = next(iter(ads.values()))
         out[name] = AdapterInfo(
@@ -123,7 +115,7 @@ def set_active(model, name: str | None):
     """
     layers = lora_layers(model)
     if name is not None:
-        _layers_with(model, name)
+        layers_with(model, name)
     state = {p: (name if name in m.adapters else None) for p, m in layers.items()}
     return restore_active(model, state)
 
@@ -163,7 +155,7 @@ def adapters_disabled(model):
 
 def delete_adapter(model, name: str):
     """Remove adapter ``name`` from every layer (refused, model unchanged, if it is merged)."""
-    layers = _layers_with(model, name)
+    layers = layers_with(model, name)
     for p, m in layers.items():
         if m.merged == name:
             raise ValueError(f"{p}: adapter {name!r} is merged into W; unmerge_adapter() first")
@@ -181,7 +173,6 @@ def merge_adapter(model, name: str):
     Every merged W is computed and checked finite before any layer changes; a non-finite result
     (or another adapter already merged) raises and leaves the model bitwise unchanged.
     """
-    _layers_with(model, name)  # KeyError naming the adapter if no layer carries it
     return nn_merge(model, name)
 
 
@@ -202,7 +193,7 @@ def merge_drift(model, adapter: str, dtypes=("float64", "float32", "float16")) -
     (maxima over layers; differences taken in float64). The adapter must not be merged. A dtype
     the model's namespace lacks (array-api-strict has no float16) is measured with NumPy.
     """
-    layers = _layers_with(model, adapter)
+    layers = layers_with(model, adapter)
     out = {}
     for dt in dtypes:
         max_abs = max_rel = 0.0
@@ -376,10 +367,8 @@ def _number(x):
 
 
 def _build_config(model, name, base_model_name_or_path, task_type) -> dict:
-    info = list_adapters(model).get(name)
-    if info is None:
-        raise KeyError(f"{type(model).__name__}: no adapter {name!r}; adapters: {sorted(list_adapters(model))}")
-    ads = [m.adapters[name] for m in _layers_with(model, name).values()]
+    ads = [m.adapters[name] for m in layers_with(model, name).values()]  # KeyError if none
+    info = list_adapters(model)[name]
     for field in ("rslora", "dropout"):
         if len({getattr(a, field) for a in ads}) > 1:
             raise AdapterError(f"adapter {name!r}: layers disagree on {field}; PEFT stores one value")
@@ -485,7 +474,7 @@ def adapter_tensors(model, adapter: str = "default") -> dict:
     """``{PEFT key: NumPy array}`` of one adapter: A and B exactly as stored (no transpose, no copy
     of the math, only a move to the host)."""
     out = {}
-    for path, m in _layers_with(model, adapter).items():
+    for path, m in layers_with(model, adapter).items():
         ad = m.adapters[adapter]
         out[f"{PREFIX}{path}.lora_A.weight"] = backend.to_numpy(ad.params["A"])  # (r, d_in)
         out[f"{PREFIX}{path}.lora_B.weight"] = backend.to_numpy(ad.params["B"])  # (d_out, r)
@@ -728,7 +717,7 @@ def combine_adapters(model, adapters, name: str, how: str = "concat", rank: int 
         raise ValueError("combine_adapters: no adapters given")
     if how not in ("concat", "svd", "linear"):
         raise ValueError(f"combine_adapters: how must be 'concat', 'svd' or 'linear', got {how!r}")
-    per = {a: _layers_with(model, a) for a in w}
+    per = {a: layers_with(model, a) for a in w}
     if any(name in m.adapters for m in lora_layers(model).values()):
         raise ValueError(f"adapter {name!r} already exists")
     paths = [p for p in lora_layers(model) if any(p in per[a] for a in w)]

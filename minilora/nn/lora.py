@@ -23,6 +23,16 @@ def lora_layers(model) -> dict:
     return {p: m for p, m in model.named_modules() if isinstance(m, LoRALinear)}
 
 
+def layers_with(model, name: str) -> dict:
+    """``{path: LoRALinear}`` for the layers carrying adapter ``name`` (KeyError if none do)."""
+    every = lora_layers(model)
+    layers = {p: m for p, m in every.items() if name in m.adapters}
+    if not layers:
+        names = sorted({n for m in every.values() for n in m.adapters})
+        raise KeyError(f"{type(model).__name__}: no adapter {name!r}; adapters: {names}")
+    return layers
+
+
 def linear_paths(model) -> list:
     """Paths of every layer LoRA can be placed on (plain ``Linear`` or existing ``LoRALinear``)."""
     return [p for p, m in model.named_modules() if isinstance(m, (Linear, LoRALinear))
@@ -116,11 +126,7 @@ def merge(model, adapter: str | None = None):
     that carry it (``KeyError`` if none do). Every new W is computed and checked finite before any
     layer changes, so a non-finite result raises and leaves the model bitwise unchanged.
     """
-    layers = lora_layers(model)
-    if adapter is not None:
-        layers = {p: m for p, m in layers.items() if adapter in m.adapters}
-        if not layers:
-            raise KeyError(f"{type(model).__name__}: no layer carries adapter {adapter!r}")
+    layers = lora_layers(model) if adapter is None else layers_with(model, adapter)
     plan = []
     for layer in layers.values():
         name = adapter if adapter is not None else layer.active
