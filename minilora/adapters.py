@@ -651,17 +651,13 @@ def read_adapter(model, directory, adapter_name="default", check_fingerprint=Tru
 
 def _install(model, name, plans, rslora=False, dropout=0.0, init="gaussian", trainable=True):
     """Add adapter ``name`` with the given arrays (validated by the caller) to ``model``."""
-    model.set_paths()
     model.freeze()  # as add_lora: the base (and older adapters) stay frozen
-    ref = None
     for plan in plans:
         layer = wrap_with_lora(model, plan.path)
         ad = layer.add_adapter(name, plan.r, plan.alpha, rslora, dropout, init, seed=0)
-        ref = layer.base.params["W"]
-        xp = backend.namespace(ref)
-        for k, host in (("A", plan.A), ("B", plan.B)):
-            a = host if backend.namespace(host) is xp else backend.from_numpy(backend.to_numpy(host), xp)
-            ad.params[k] = a
+        xp = backend.namespace(layer.base.params["W"])
+        for k, a in (("A", plan.A), ("B", plan.B)):
+            ad.params[k] = backend.move(a, xp)
         if not trainable:
             ad.freeze()
     model.set_paths()

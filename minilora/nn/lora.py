@@ -10,6 +10,7 @@ from __future__ import annotations
 import fnmatch
 
 from .. import backend
+from ..functional.lora import check_lora
 from .linear import Linear, LoRALinear, check_adapter_options
 
 
@@ -93,15 +94,12 @@ def add_lora(model, targets=None, r=8, alpha=16, rslora=False, dropout=0.0, init
     Returns the model. Raises ``ValueError`` for unknown targets, a bad r or alpha.
     """
     paths = resolve_targets(model, targets)
-    model.set_paths()
     gen = backend.rng(seed)
     # Validate everything before changing anything: a bad r on the third layer must not leave
     # the first two wrapped.
-    from ..functional.lora import check_lora
-
     plan = []
     for path in paths:
-        layer = model.get_module(path) if path else model
+        layer = model.get_module(path)
         base = layer.base if isinstance(layer, LoRALinear) else layer
         rr, aa = _per_target(r, path, "r"), _per_target(alpha, path, "alpha")
         check_lora(path, base.d_in, base.d_out, rr, aa)
