@@ -423,31 +423,42 @@ def cases(full: bool = False, seed: int = 0) -> dict:
     return out
 
 
-def _gpt_cases(full, seed):
+ALL_LINEARS = ["q", "k", "v", "o", "fc1", "fc2", "lm_head"]  # "LoRA on all linear layers" of a GPT
+
+
+def gpt_for_checks(full: bool = False, seed: int = 0):
+    """The float64 GPT both checkers use, and its batch shape ``(B, T)``.
+
+    Weights are drawn with std 0.5, not GPT-2's 0.02: at 0.02 the q/k gradients are ~1e-5 and
+    fall into finite-difference roundoff. The key bias is frozen: its exact gradient is 0
+    (softmax ignores a constant added to a row of scores), so both frameworks return rounding
+    noise there — a relative error of two roundings of 0 means nothing, and Adam would step by
+    the sign of that noise (it is tested apart to be ~0).
+    """
     from .nn.transformer import GPT, GPTConfig
 
     if full:
-        config, (B, T) = GPTConfig(vocab_size=17, n_ctx=16, n_layer=2, n_head=4, n_embd=32), (4, 12)
+        config, BT = GPTConfig(vocab_size=17, n_ctx=16, n_layer=2, n_head=4, n_embd=32), (4, 12)
     else:
-        config, (B, T) = GPTConfig(vocab_size=11, n_ctx=8, n_layer=2, n_head=2, n_embd=8), (2, 5)
+        config, BT = GPTConfig(vocab_size=11, n_ctx=8, n_layer=2, n_head=2, n_embd=8), (2, 5)
+    return GPT(config, seed=seed, dtype="float64", init_std=0.5).freeze("*.attn.k.b"), BT
 
+
+def _gpt_cases(full, seed):
     def gpt(targets=None, dropout=0.0):
         def build():
             gen = backend.rng(seed)
-            model = GPT(config, seed=seed, dtype="float64", init_std=0.5)  # large weights: nothing vanishes
-            # The key bias's exact gradient is 0 (softmax ignores a constant added to a row of
-            # scores), so both frameworks return rounding noise there and Adam would step by the
-            # sign of that noise: it is frozen for full fine-tuning (tested apart to be ~0).
-            model.freeze("*.attn.k.b")
+            model, (B, T) = gpt_for_checks(full, seed)
             if targets is not None:
                 model.add_lora(targets, r=2, alpha=4, dropout=dropout, seed=seed)
                 perturb_lora_B(model, seed)
             model.train()
-            ids = gen.integers(0, config.vocab_size, (B, T))
-            return model, ids, gen.integers(0, config.vocab_size, (B, T)), "cross_entropy"
+            V = model.config.vocab_size
+            ids = gen.integers(0, V, (B, T))
+            return model, ids, gen.integers(0, V, (B, T)), "cross_entropy"
         return build
 
-    every_linear = ["q", "k", "v", "o", "fc1", "fc2", "lm_head"]
+    every_linear = ALL_LINEARS
     return {
         "gpt full": gpt(),
         "gpt lora(q,v)": gpt(["q", "v"]),

@@ -25,7 +25,7 @@ import time
 import numpy as np
 
 from .. import backend, gradcheck
-from ..crosscheck import perturb_lora_B
+from ..crosscheck import ALL_LINEARS, gpt_for_checks, perturb_lora_B
 from ..functional import (
     activations,
     attention,
@@ -121,22 +121,14 @@ def model_checks(full: bool = False, seed: int = 0) -> list:
     m = MLP(sizes, "gelu", seed=seed, dtype="float64").add_lora(r=2, alpha=4, rslora=True)
     check("MLP lora(fc*) mse", perturb_lora_B(m, seed), x, _normal(gen, N, sizes[-1]), loss="mse")
 
-    from ..nn.transformer import GPT, GPTConfig
-
-    if full:
-        config, (B, T) = GPTConfig(vocab_size=17, n_ctx=16, n_layer=2, n_head=4, n_embd=32), (4, 12)
-    else:
-        config, (B, T) = GPTConfig(vocab_size=11, n_ctx=8, n_layer=2, n_head=2, n_embd=8), (2, 5)
     entries = 100 if full else 10  # random entries per array; all 25k of a GPT would take minutes
-    ids, y = gen.integers(0, config.vocab_size, (B, T)), gen.integers(0, config.vocab_size, (B, T))
-    gpt = GPT(config, seed=seed, dtype="float64", init_std=0.5)
-    # The key bias's exact gradient is 0 (softmax ignores a constant added to a row of scores):
-    # a relative error between two roundings of 0 means nothing, so it is left out here.
-    check("GPT full", gpt.freeze("*.attn.k.b"), ids, y)
-    gpt = GPT(config, seed=seed, dtype="float64", init_std=0.5).add_lora(["q", "v"], r=2, alpha=4)
+    gpt, (B, T) = gpt_for_checks(full, seed)  # float64, std 0.5, key bias frozen (see there)
+    V = gpt.config.vocab_size
+    ids, y = gen.integers(0, V, (B, T)), gen.integers(0, V, (B, T))
+    check("GPT full", gpt, ids, y)
+    gpt = gpt_for_checks(full, seed)[0].add_lora(["q", "v"], r=2, alpha=4)
     check("GPT lora(q,v)", perturb_lora_B(gpt, seed), ids, y)
-    gpt = GPT(config, seed=seed, dtype="float64", init_std=0.5)
-    gpt.add_lora(["q", "k", "v", "o", "fc1", "fc2", "lm_head"], r=2, alpha=4, rslora=True)
+    gpt = gpt_for_checks(full, seed)[0].add_lora(ALL_LINEARS, r=2, alpha=4, rslora=True)
     check("GPT lora(all)", perturb_lora_B(gpt, seed), ids, y)
     return rows
 
