@@ -160,3 +160,21 @@ def test_bias_only_training_gets_bias_gradients():
     from minilora.gradcheck import check_model
 
     assert all(r.passed for r in check_model(m, x, y))
+
+
+def test_load_state_dict_round_trip_and_refusals(xp):
+    src = MLP((4, 5, 3), seed=0)
+    dst = MLP((4, 5, 3), seed=1, device=xp)
+    dst.load_state_dict(src.state_dict())  # NumPy arrays onto any backend
+    for k, v in dst.named_parameters().items():
+        assert v.__array_namespace__() is xp and np.array_equal(backend.to_numpy(v), src.named_parameters()[k])
+    before = {k: backend.to_numpy(v).copy() for k, v in dst.named_parameters().items()}
+    bad = dict(src.state_dict(), **{"fc2.b": np.zeros(4, "float32")})
+    with pytest.raises(ValueError, match=r"fc2.b has shape \(4,\) and dtype float32, the model's has shape \(3,\)"):
+        dst.load_state_dict(bad)
+    with pytest.raises(ValueError, match=r"missing \['fc1.W'\]"):
+        dst.load_state_dict({k: v for k, v in src.state_dict().items() if k != "fc1.W"})
+    with pytest.raises(ValueError, match="dtype float64"):
+        dst.load_state_dict({k: v.astype("float64") for k, v in src.state_dict().items()})
+    for k, v in dst.named_parameters().items():  # every refusal left the model as it was
+        assert np.array_equal(backend.to_numpy(v), before[k])

@@ -66,7 +66,7 @@ def test_load_model_weights_checks_names_shapes_and_dtypes_first(tmp_path):
     with pytest.raises(ValueError, match="names differ"):
         load_model_weights(target, path)
     wide = MLP((4, 6, 3), seed=1)
-    with pytest.raises(ValueError, match=r"fc1.W is float32\(5, 4\), the model's is float32\(6, 4\)"):
+    with pytest.raises(ValueError, match=r"fc1.W has shape \(5, 4\) and dtype float32, the model's has shape \(6, 4\)"):
         load_model_weights(wide, path)
     assert all(np.array_equal(v, before[k]) for k, v in target.named_parameters().items())
     plain = MLP((4, 5, 3), seed=1)

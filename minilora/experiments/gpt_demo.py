@@ -99,18 +99,10 @@ def save_state(path: Path, model) -> None:
 
 
 def load_state(model, arrays: dict, device) -> None:
-    """Copy ``{qualified name: NumPy array}`` into ``model``'s parameters (names must match exactly)."""
-    names = set(model.named_parameters())
-    if set(arrays) != names:
-        raise ValueError(f"load_state: names differ; missing {sorted(names - set(arrays))[:4]}, "
-                         f"unexpected {sorted(set(arrays) - names)[:4]}")
-    for name, a in arrays.items():
-        path, _, p = name.rpartition(".")
-        module = model.get_module(path)
-        if tuple(module.params[p].shape) != tuple(a.shape):
-            raise ValueError(f"load_state: {name} has shape {a.shape}, the model expects "
-                             f"{tuple(module.params[p].shape)}")
-        module.params[p] = backend.from_numpy(np.array(a, dtype=backend.dtype_name(module.params[p])), device)
+    """Copy ``{qualified name: NumPy array}`` (cast to the model's dtype) into ``model``'s
+    parameters, on ``device``; names and shapes must match (``Module.load_state_dict``)."""
+    dtype = model.dtype
+    model.load_state_dict({k: np.asarray(a, dtype=dtype) for k, a in arrays.items()})
 
 
 def pretrained_base(config, seed, s, train_ids, device, progress, cache=True):

@@ -174,6 +174,34 @@ class Module:
         """``{qualified name: array}`` of every parameter (the arrays themselves, not copies)."""
         return self.named_parameters()
 
+    def load_state_dict(self, arrays: dict) -> "Module":
+        """Replace every parameter by ``arrays[name]`` (any backend; moved to this model's device).
+
+        Names, shapes and dtypes must equal the model's exactly. Everything is checked before
+        anything changes, so a failed load raises ``ValueError`` and leaves the model as it was.
+        """
+        current = self.named_parameters()
+        if set(arrays) != set(current):
+            raise ValueError(
+                f"{self.label}: load_state_dict: names differ from the model's: missing "
+                f"{sorted(set(current) - set(arrays))[:6]}, unexpected {sorted(set(arrays) - set(current))[:6]}"
+            )
+        for name, a in arrays.items():
+            p = current[name]
+            if tuple(a.shape) != tuple(p.shape) or backend.dtype_name(a) != backend.dtype_name(p):
+                raise ValueError(
+                    f"{self.label}: load_state_dict: {name} has shape {tuple(a.shape)} and dtype "
+                    f"{backend.dtype_name(a)}, the model's has shape {tuple(p.shape)} and dtype "
+                    f"{backend.dtype_name(p)}"
+                )
+        device = backend.namespace(next(iter(current.values())))
+        for name, a in arrays.items():
+            path, _, k = name.rpartition(".")
+            self.get_module(path).params[k] = backend.move(a, device)
+        self.zero_grad()
+        self.clear_cache()
+        return self
+
     def train(self, mode: bool = True) -> "Module":
         for _, m in self.named_modules():
             m.training = mode
