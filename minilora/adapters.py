@@ -690,6 +690,51 @@ def _weights(adapters) -> dict:
     return {k: 1.0 for k in adapters}
 
 
+# Each ``how`` on one layer: ``here`` is [(name_i, LoRAAdapter)] of the adapters it carries, ``w``
+# the weights, ``W`` the layer's base weight (d_out, d_in). Returns (A, B, report) at scale 1.
+
+
+def _concat(path, here, w, W, rank):
+    xp = backend.namespace(W)
+    A = xp.concat([ad.params["A"] for _, ad in here], axis=0)  # (Σr, d_in)
+    B = xp.concat([(w[a] * ad.scale) * ad.params["B"] for a, ad in here], axis=1)  # (d_out, Σr)
+    return A, B, {"rank": int(A.shape[0])}
+
+
+def _linear(path, here, w, W, rank):
+    if len(here) != len(w) or len({ad.r for _, ad in here}) != 1:
+        raise ValueError(f"{path}: how='linear' needs every adapter on every layer with equal ranks, "
+                         f"got {[(a, ad.r) for a, ad in here]} (use 'concat' or 'svd')")
+    total = sum(w.values())
+    if total == 0:
+        raise ValueError("how='linear': the weights sum to 0 (A is their weighted mean); use 'concat'")
+    B = sum((w[a] * ad.scale) * ad.params["B"] for a, ad in here)  # (d_out, r)
+    A = sum((w[a] / total) * ad.params["A"] for a, ad in here)  # (r, d_in)
+    return A, B, {"rank": int(A.shape[0])}
+
+
+def _svd(path, here, w, W, rank):
+    if isinstance(rank, bool) or not isinstance(rank, int) or rank < 1:
+        raise ValueError(f"how='svd' needs rank, a positive int, got {rank!r}")
+    xp = backend.namespace(W)
+    d_out, d_in = (int(s) for s in W.shape)
+    dW = sum(w[a] * lora_delta(xp.astype(ad.params["A"], xp.float64),
+                               xp.astype(ad.params["B"], xp.float64), ad.scale) for a, ad in here)
+    U, S, Vh = xp.linalg.svd(dW, full_matrices=False)  # dW = U diag(S) Vh
+    r = min(rank, d_in, d_out)
+    root = xp.sqrt(S[:r])  # (r,)
+    B = xp.astype(U[:, :r] * xp.reshape(root, (1, r)), W.dtype)  # (d_out, r)
+    A = xp.astype(xp.reshape(root, (r, 1)) * Vh[:r, :], W.dtype)  # (r, d_in)
+    total = float(xp.sum(S * S))
+    discarded = float(xp.sum(S[r:] * S[r:]))
+    return A, B, {"rank": r, "discarded_energy": discarded,
+                  "discarded_fraction": discarded / total if total > 0 else 0.0,
+                  "fro_error": math.sqrt(discarded)}
+
+
+COMBINE = {"concat": _concat, "svd": _svd, "linear": _linear}
+
+
 def combine_adapters(model, adapters, name: str, how: str = "concat", rank: int | None = None,
                      activate: bool = True) -> dict:
     """A new adapter ``name`` from weighted adapters ``{name_i: w_i}`` (or a list: all w_i = 1).
@@ -714,50 +759,20 @@ def combine_adapters(model, adapters, name: str, how: str = "concat", rank: int 
     if how not in ("concat", "svd", "linear"):
         raise ValueError(f"combine_adapters: how must be 'concat', 'svd' or 'linear', got {how!r}")
     per = {a: layers_with(model, a) for a in w}
-    if any(name in m.adapters for m in lora_layers(model).values()):
+    layers = lora_layers(model)
+    if any(name in m.adapters for m in layers.values()):
         raise ValueError(f"adapter {name!r} already exists")
-    paths = [p for p in lora_layers(model) if any(p in per[a] for a in w)]
     plans, report = [], {}
-    for p in paths:
-        m = lora_layers(model)[p]
+    for p, m in layers.items():
+        if not any(p in per[a] for a in w):
+            continue
         here = [(a, m.adapters[a]) for a in w if a in m.adapters]
         if any(m.merged == a for a, _ in here):
             raise ValueError(f"{p}: adapter {m.merged!r} is merged; unmerge_adapter() first")
         W = m.base.params["W"]
-        xp = backend.namespace(W)
-        d_out, d_in = (int(s) for s in W.shape)
-        if how == "concat":
-            A = xp.concat([ad.params["A"] for _, ad in here], axis=0)  # (Σr, d_in)
-            B = xp.concat([(w[a] * ad.scale) * ad.params["B"] for a, ad in here], axis=1)  # (d_out, Σr)
-            r = int(A.shape[0])
-            report[p] = {"rank": r}
-        elif how == "linear":
-            if len(here) != len(w) or len({ad.r for _, ad in here}) != 1:
-                raise ValueError(f"{p}: how='linear' needs every adapter on every layer with equal ranks, "
-                                 f"got {[(a, ad.r) for a, ad in here]} (use 'concat' or 'svd')")
-            total = sum(w.values())
-            if total == 0:
-                raise ValueError("how='linear': the weights sum to 0 (A is their weighted mean); use 'concat'")
-            B = sum((w[a] * ad.scale) * ad.params["B"] for a, ad in here)  # (d_out, r)
-            A = sum((w[a] / total) * ad.params["A"] for a, ad in here)  # (r, d_in)
-            r = int(A.shape[0])
-            report[p] = {"rank": r}
-        else:
-            if isinstance(rank, bool) or not isinstance(rank, int) or rank < 1:
-                raise ValueError(f"how='svd' needs rank, a positive int, got {rank!r}")
-            dW = sum(w[a] * lora_delta(xp.astype(ad.params["A"], xp.float64),
-                                       xp.astype(ad.params["B"], xp.float64), ad.scale) for a, ad in here)
-            U, S, Vh = xp.linalg.svd(dW, full_matrices=False)  # dW = U diag(S) Vh
-            r = min(rank, d_in, d_out)
-            root = xp.sqrt(S[:r])  # (r,)
-            B = xp.astype(U[:, :r] * xp.reshape(root, (1, r)), W.dtype)  # (d_out, r)
-            A = xp.astype(xp.reshape(root, (r, 1)) * Vh[:r, :], W.dtype)  # (r, d_in)
-            total = float(xp.sum(S * S))
-            discarded = float(xp.sum(S[r:] * S[r:]))
-            report[p] = {"rank": r, "discarded_energy": discarded,
-                         "discarded_fraction": discarded / total if total > 0 else 0.0,
-                         "fro_error": math.sqrt(discarded)}
-        check_lora(p, d_in, d_out, r, float(r))
+        A, B, report[p] = COMBINE[how](p, here, w, W, rank)
+        r = report[p]["rank"]
+        check_lora(p, int(W.shape[1]), int(W.shape[0]), r, float(r))
         plans.append(_Plan(p, A, B, r, float(r)))  # alpha = r (rsLoRA off): scale 1
     _install(model, name, plans)
     if activate:
