@@ -34,7 +34,7 @@ from dataclasses import dataclass
 from . import backend
 from . import safetensors as st
 from .functional.lora import check_lora, lora_delta
-from .nn.linear import LoRAAdapter, LoRALinear
+from .nn.linear import LoRAAdapter, LoRALinear, check_adapter_options
 from .nn.lora import add_lora, layers_with, linear_paths, lora_layers, wrap_with_lora
 from .nn.lora import merge as nn_merge
 
@@ -421,16 +421,19 @@ def _parse_config(cfg, where: str) -> dict:
     def bad(key, msg):
         return AdapterError(f"{where}: key {key!r}: {msg}")
 
+    def positive(v, types) -> bool:  # a positive int (types=int) or number (types=(int, float))
+        return not isinstance(v, bool) and isinstance(v, types) and v > 0
+
     if cfg.get("peft_type") != "LORA":
         raise bad("peft_type", f"expected 'LORA', got {cfg.get('peft_type')!r}")
     for key, ok in UNSUPPORTED.items():
         if key in cfg and cfg[key] not in ok:
             raise bad(key, f"{cfg[key]!r} is not supported by minilora (only {ok[0]!r})")
     r = cfg.get("r")
-    if isinstance(r, bool) or not isinstance(r, int) or r < 1:
+    if not positive(r, int):
         raise bad("r", f"must be a positive int, got {r!r}")
     alpha = cfg.get("lora_alpha")
-    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not alpha > 0:
+    if not positive(alpha, (int, float)):
         raise bad("lora_alpha", f"must be a positive number, got {alpha!r}")
     targets = cfg.get("target_modules")
     if not (isinstance(targets, str) or (isinstance(targets, list) and targets and all(isinstance(t, str) for t in targets))):
@@ -448,9 +451,9 @@ def _parse_config(cfg, where: str) -> dict:
                 re.compile(k)
             except re.error as e:
                 raise bad(key, f"pattern {k!r} is not a valid regex ({e})") from None
-            if key == "rank_pattern" and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
+            if key == "rank_pattern" and not positive(v, int):
                 raise bad(key, f"rank for {k!r} must be a positive int, got {v!r}")
-            if key == "alpha_pattern" and (isinstance(v, bool) or not isinstance(v, (int, float)) or not v > 0):
+            if key == "alpha_pattern" and not positive(v, (int, float)):
                 raise bad(key, f"alpha for {k!r} must be a positive number, got {v!r}")
         patterns[key] = p
     dropout = cfg.get("lora_dropout", 0.0)
@@ -634,8 +637,10 @@ def read_adapter(model, directory, adapter_name="default", check_fingerprint=Tru
         plans.append(_Plan(p, A, B, r, alpha))
 
     # --- the model side
-    if not adapter_name or "." in adapter_name:
-        raise AdapterError(f"adapter name must be non-empty without dots, got {adapter_name!r}")
+    try:
+        check_adapter_options(wfile, name=adapter_name)
+    except ValueError as e:
+        raise AdapterError(str(e)) from None
     for p in targeted:
         layer = model_layers[p]
         if isinstance(layer, LoRALinear) and adapter_name in layer.adapters:
