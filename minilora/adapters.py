@@ -211,8 +211,8 @@ def merge_drift(model, adapter: str, dtypes=("float64", "float32", "float16")) -
             to = getattr(xp, dt)
             W0, A, B = xp.astype(W, to), xp.astype(A, to), xp.astype(B, to)
             W2 = (W0 + lora_delta(A, B, ad.scale)) - lora_delta(A, B, ad.scale)
-            d = xp.astype(W2, xp.float64) - xp.astype(W0, xp.float64)
             w64 = xp.astype(W0, xp.float64)
+            d = xp.astype(W2, xp.float64) - w64
             err = float(xp.max(xp.abs(d)))
             per_layer[p] = err
             max_abs = max(max_abs, err)
@@ -529,8 +529,8 @@ def save_adapter(model, directory, adapter: str = "default", base_model_name_or_
 @dataclass
 class _Plan:
     path: str
-    A: object  # NumPy (r, d_in)
-    B: object  # NumPy (d_out, r)
+    A: object  # (r, d_in): NumPy from a file, the model's namespace from combine_adapters
+    B: object  # (d_out, r)
     r: int
     alpha: float
 
