@@ -22,3 +22,12 @@ def test_quickstart_is_two_commands_and_ci_runs_them():
     assert "minilora demo" in commands[0] and "pytest" in commands[1]
     ci = (ROOT / ".ci" / "run").read_text()
     assert "quickstart:begin" in ci and "quickstart:end" in ci
+
+
+def test_every_relative_link_in_the_docs_exists():
+    broken = []
+    for md in [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]:
+        for target in re.findall(r"\]\(([^)#\s]+)(?:#[^)]*)?\)", md.read_text()):
+            if not target.startswith(("http://", "https://")) and not (md.parent / target).exists():
+                broken.append(f"{md.name}: {target}")
+    assert broken == []
