@@ -562,6 +562,12 @@ def _kib(b):
     return f"{b / 1024:,.0f} KiB" if b < 1 << 20 else f"{b / (1 << 20):,.1f} MiB"
 
 
+def _header(text_cols, number_cols):
+    """A Markdown table's header and alignment rows: text left-aligned, numbers right-aligned."""
+    return ["| " + " | ".join(text_cols + number_cols) + " |",
+            "|" + "---|" * len(text_cols) + "---:|" * len(number_cols)]
+
+
 def markdown(results, info, use_torch, args):
     L = []
     L.append(f"Measured {time.strftime('%Y-%m-%d %H:%M')}: {info['processor']}, {info['threads']} threads "
@@ -572,14 +578,8 @@ def markdown(results, info, use_torch, args):
              f"OMP_WAIT_POLICY={info.get('OMP_WAIT_POLICY')}, "
              f"elementwise threads {info.get('elementwise_threads')}.\n")
     L.append("### Training step (forward + backward + AdamW), ms\n")
-    hdr = "| configuration | variant | limit | minilora | ×limit |"
-    sep = "|---|---|---:|---:|---:|"
-    if use_torch:
-        hdr += " PyTorch | ×limit | minilora / PyTorch |"
-        sep += "---:|---:|---:|"
-    hdr += " minilora vs full |"
-    sep += "---:|"
-    L += [hdr, sep]
+    L += _header(["configuration", "variant"], ["limit", "minilora", "×limit"]
+                 + (["PyTorch", "×limit", "minilora / PyTorch"] if use_torch else []) + ["minilora vs full"])
     for r in results:
         for v, row in r["train"].items():
             line = (f"| {r['config']} | {v} | {row['limit_ms']:.2f} | {row['minilora_ms']:.2f} | "
@@ -590,12 +590,8 @@ def markdown(results, info, use_torch, args):
             line += f" {vs:.2f} |" if vs is not None else " 1 |"
             L.append(line)
     L.append("\n### Inference (forward only), ms\n")
-    hdr = "| configuration | LoRA | limit | base | unmerged | merged | merged/base | unmerged/base |"
-    sep = "|---|---|---:|---:|---:|---:|---:|---:|"
-    if use_torch:
-        hdr += " PyTorch base | unmerged | merged | minilora/PyTorch (base) |"
-        sep += "---:|---:|---:|---:|"
-    L += [hdr, sep]
+    L += _header(["configuration", "LoRA"], ["limit", "base", "unmerged", "merged", "merged/base", "unmerged/base"]
+                 + (["PyTorch base", "unmerged", "merged", "minilora/PyTorch (base)"] if use_torch else []))
     for r in results:
         i = r["infer"]
         line = (f"| {r['config']} | {i['lora_variant']} | {i['limit_base_ms']:.2f} | {i['minilora_base_ms']:.2f} | "
@@ -607,12 +603,8 @@ def markdown(results, info, use_torch, args):
         L.append(line)
     L.append("\n### Memory: LoRA vs full (minilora; step peak = NumPy's transient allocations in one "
              "training step, by tracemalloc)\n")
-    hdr = "| configuration | variant | trainable | of total | optimizer state | step peak |"
-    sep = "|---|---|---:|---:|---:|---:|"
-    if use_torch:
-        hdr += " PyTorch optimizer state |"
-        sep += "---:|"
-    L += [hdr, sep]
+    L += _header(["configuration", "variant"], ["trainable", "of total", "optimizer state", "step peak"]
+                 + (["PyTorch optimizer state"] if use_torch else []))
     for r in results:
         for v, m in r["memory"].items():
             line = (f"| {r['config']} | {v} | {m['trainable']:,} | {100 * m['trainable'] / m['total']:.2f}% | "
