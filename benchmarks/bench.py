@@ -119,11 +119,17 @@ class OneBlock(Module):
         self.add_child("block", Block(c, seed=seed))
         self.set_paths()
 
+    need_dx = False  # the input is data
+
     def forward(self, x):
         return self.children["block"].forward(x)
 
-    def backward(self, dout, need_dx: bool = False):
-        return self.children["block"].backward(dout, need_dx=need_dx)
+    def plan_backward(self):
+        self.children["block"].flow(self.need_dx)
+
+    def backward(self, dout):
+        self.plan_backward()
+        return self.children["block"].backward(dout)
 
 
 def ml_model(cfg: Config, variant: str, seed=0):
@@ -500,7 +506,7 @@ def machine_info(threads):
         "OPENBLAS_L2_SIZE": os.environ.get("OPENBLAS_L2_SIZE"),
         "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY"),
         "OPENBLAS_THREAD_TIMEOUT": os.environ.get("OPENBLAS_THREAD_TIMEOUT"),
-        "elementwise_threads": ml.backend.THREADS,
+        "elementwise_threads": ml.fast.runtime.THREADS,
         "load_average": os.getloadavg() if hasattr(os, "getloadavg") else None,
     }
     try:

@@ -2,7 +2,7 @@
 
     y = x Wᵀ + b + (alpha / r) · (x Aᵀ) Bᵀ,   W frozen, A (r, d_in) and B (d_out, r) trained.
 """
-from . import adapters, backend, functional, gradcheck
+from . import adapters, backend, fast, functional, gradcheck
 from .adapters import load_adapter, save_adapter
 from .gradcheck import check_model, check_pair, rel_error
 from .nn import GPT, MLP, GPTConfig, Linear, LoRALinear, Module, add_lora

@@ -33,8 +33,10 @@ from dataclasses import dataclass
 
 from . import backend
 from . import safetensors as st
-from .functional.lora import check_lora, lora_delta
-from .nn.linear import LoRAAdapter, LoRALinear, check_adapter_options
+from .checks import check_lora
+from .functional.lora import lora_delta
+from .checks import check_adapter_options
+from .nn.lora import LoRAAdapter, LoRALinear
 from .nn.lora import add_lora, layers_with, linear_paths, lora_layers, wrap_with_lora
 from .nn.lora import merge as nn_merge
 

@@ -5,25 +5,25 @@ Math code never imports an array library. It asks this module for the namespace 
     xp = namespace(x, W)          # numpy, cupy, or any array-API namespace (array-api-strict)
     y = xp.tanh(x @ W.T)
 
-Everything that depends on *which* library runs is here:
+Everything that depends on *which* library runs is here, and nothing else:
 
-- ``namespace(*arrays)``       array namespace shared by the inputs (mixing backends is an error);
-- ``check_float(name, x, layer)`` floating dtypes only, with an error naming the layer;
-- ``to_numpy(a)`` / ``from_numpy(a, device)``   moves between host and device;
-- ``resolve_device(device)``   "cpu" -> numpy, "cuda" -> cupy (clear error if missing), or a namespace;
-- ``has_out(xp)`` / ``rowwise(fn, *arrays)``: the fast paths of elementwise work on NumPy and CuPy
-  (``out=`` buffers instead of fresh temporaries; row blocks on every CPU core);
-- ``batched_matmul(a, b)``: attention's stacks of small products, split across cores;
-- ``rng(seed)`` and ``normal`` / ``uniform``: initial weights are drawn on the CPU by a seeded
-  NumPy generator and then moved, so NumPy and CuPy runs start from identical numbers.
+- ``namespace(*arrays)``, ``dtype_name(x)``: the array library and dtype of any backend's arrays
+  (mixing backends is an error);
+- ``resolve_device(device)``, ``device_name(x)``, ``to_numpy`` / ``from_numpy`` / ``move``:
+  "cpu" -> numpy, "cuda" -> cupy (clear error if missing), moves between host and device;
+- ``is_finite`` / ``all_finite``: one reduction (and one device sync) to test for NaN and Inf;
+- ``synchronize(x)``: wait for the device that holds ``x`` (before timing or printing);
+- ``rng(seed)`` and ``normal`` / ``uniform`` / ``dropout_mask``: initial weights and masks are
+  drawn on the CPU by a seeded NumPy generator and then moved, so NumPy and CuPy runs start from
+  identical numbers.
+
+Thread pools, BLAS thread limits and ``out=`` buffers are speed, not the seam: they live in
+``minilora/fast/runtime.py``.
 """
 from __future__ import annotations
 
 import math
-import os
-import threading
 import types
-from concurrent.futures import ThreadPoolExecutor, wait
 
 import numpy as np
 
@@ -67,25 +67,6 @@ def dtype_name(x) -> str:
     if isinstance(name, str):
         return name
     return str(d).rsplit(".", 1)[-1]  # array_api_strict.float32 -> float32
-
-
-def check_float(name: str, x, layer: str) -> None:
-    """Raise ``TypeError`` unless ``x`` is a real floating array (float16/32/64)."""
-    if not hasattr(x, "__array_namespace__"):
-        raise TypeError(f"{layer}: argument '{name}' must be an array, got {type(x).__name__}")
-    if dtype_name(x) not in FLOAT_DTYPES:
-        raise TypeError(
-            f"{layer}: argument '{name}' must be a floating array (float16/32/64), "
-            f"got dtype {dtype_name(x)} with shape {tuple(x.shape)}"
-        )
-
-
-def check_same_dtype(layer: str, **arrays) -> None:
-    """Raise ``TypeError`` if the named arrays do not share one dtype (no silent upcasts)."""
-    named = {k: dtype_name(v) for k, v in arrays.items() if v is not None}
-    if len(set(named.values())) > 1:
-        desc = ", ".join(f"{k}: {v}" for k, v in named.items())
-        raise TypeError(f"{layer}: arrays must share one dtype, got {desc}")
 
 
 # ----------------------------------------------------------------------------- devices
@@ -160,6 +141,15 @@ def move(a, device):
     return from_numpy(to_numpy(a), xp)
 
 
+def synchronize(x) -> None:
+    """Wait until the device holding ``x`` has finished its queued work (a no-op on the CPU).
+
+    GPU calls return before the work is done; a timer read without this measures the queueing.
+    """
+    if device_name(x) == "cuda":
+        namespace(x).cuda.Device().synchronize()
+
+
 def is_finite(a) -> bool:
     """True if every element of ``a`` is finite (one reduction, any backend)."""
     xp = namespace(a)
@@ -184,135 +174,6 @@ def all_finite(arrays) -> bool:
     if math.isfinite(float(total)):
         return True
     return all(is_finite(a) for a in arrays)
-
-
-def write(out, fn, *args) -> None:
-    """``out[...] = fn(*args)``, without the temporary where the library allows it:
-    NumPy and CuPy take ``fn(*args, out=out)``; other namespaces (the array API has no ``out=``)
-    get the plain assignment."""
-    if has_out(out.__array_namespace__()):
-        fn(*args, out=out)
-    else:
-        out[...] = fn(*args)
-
-
-def has_out(xp) -> bool:
-    """True if ``xp``'s elementwise functions take ``out=`` (NumPy and CuPy; the array API
-    standard has no ``out=``, so code must keep a plain fallback for other namespaces)."""
-    return getattr(xp, "__name__", "") in ("numpy", "cupy")
-
-
-# Elementwise work runs on this many threads (NumPy only). NumPy's ufuncs release the GIL, so
-# plain Python threads run them in parallel; BLAS already uses every core for the products.
-THREADS = min(8, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
-ROWWISE_MIN_SIZE = 1 << 18  # below ~256k elements a thread hand-off costs more than it saves
-_pool, _pool_size = None, 0
-_pool_lock = threading.Lock()  # two threads' first calls must not both build (and swap) a pool
-
-
-def _get_pool(workers: int) -> ThreadPoolExecutor:
-    """The shared pool, made once; again if THREADS grows (a forked child starts without one)."""
-    global _pool, _pool_size
-    with _pool_lock:
-        if _pool is None or _pool_size < workers:
-            _pool = ThreadPoolExecutor(workers, thread_name_prefix="minilora-rowwise")
-            _pool_size = workers
-        return _pool
-
-
-def rowwise(fn, *arrays):
-    """Call ``fn(*arrays)``, on NumPy split into row blocks that run on ``THREADS`` threads.
-
-    ``fn`` must work row by row and in place: row i of what it writes depends only on row i
-    (axis 0) of each array, and it returns nothing. The first array decides the rows; every
-    array shares its axis-0 length. Other namespaces (CuPy is already parallel, array-API
-    strict), small arrays and a single core get the plain call ``fn(*arrays)``. It returns, or
-    raises (the first block's exception, else the first failed worker's), only once every
-    block has finished.
-    """
-    n = arrays[0].shape[0]
-    threads = min(THREADS, n)
-    if threads < 2 or namespace(*arrays) is not np or arrays[0].size < ROWWISE_MIN_SIZE:
-        fn(*arrays)
-        return
-    pool = _get_pool(threads - 1)
-    cuts = [n * i // threads for i in range(threads + 1)]
-    blocks = [[a[lo:hi] for a in arrays] for lo, hi in zip(cuts[:-1], cuts[1:])]
-    jobs = []
-    try:
-        for b in blocks[1:]:
-            jobs.append(pool.submit(fn, *b))
-        fn(*blocks[0])  # the first block on this thread, while the pool runs the others
-    finally:
-        # even when fn (or a submit) raised: no worker may still be writing once we return
-        wait(jobs)
-    for job in jobs:
-        job.result()  # re-raises an exception from a worker
-
-
-def _matmul_into(a, b, out):
-    np.matmul(a, b, out=out)
-
-
-_blas_controller = None  # threadpoolctl's controller, found once (False: threadpoolctl missing)
-# BLAS's thread count is process-wide, and a limit saves the count it finds on entry and puts
-# it back on exit. Two overlapping limits on two threads therefore break it: the second saves
-# the first's 1 and "restores" it last, leaving BLAS on one thread for good. (A shared count
-# with the first entry lowering and the last exit restoring fails too: threadpoolctl 3.8 lets
-# only one thread at a time set a pthreads OpenBLAS's count, and the last out may not be it.)
-# So one product at a time holds the limit, set and restored on the same thread. A caller
-# waiting here loses little: the product it waits for already uses THREADS cores.
-_blas_lock = threading.Lock()
-_blas_limiter = None  # the limit in force while _blas_lock is held (for a forked child)
-
-
-def batched_matmul(a, b):
-    """``a @ b`` for two stacks of matrices (..., m, k) and (..., k, n) with the same leading axes.
-
-    Attention's products are stacks of small matrices ((B, H) of them, T x hd), and OpenBLAS
-    runs each small product on every core with a hand-off per product: at d256 that made them
-    2x slower than one thread. On NumPy, with threadpoolctl installed, the stack is split across
-    ``THREADS`` threads instead, each running one-thread BLAS on its share of the matrices
-    (d256: 2.6 -> 0.9 ms per product; d768: 8.7 -> 3.8 ms). Anything else is a plain ``a @ b``.
-    Safe from several threads at once: their split products take turns (see ``_blas_lock``).
-    """
-    global _blas_controller, _blas_limiter
-    if (namespace(a, b) is not np or a.ndim < 3 or a.shape[:-2] != b.shape[:-2]
-            or THREADS < 2 or a.shape[0] < 2 or a.size < ROWWISE_MIN_SIZE):
-        return a @ b
-    if _blas_controller is None:
-        try:
-            from threadpoolctl import ThreadpoolController  # noqa: PLC0415  (optional)
-
-            _blas_controller = ThreadpoolController()
-        except ImportError:
-            _blas_controller = False
-    if not _blas_controller:
-        return a @ b
-    out = np.empty(a.shape[:-1] + b.shape[-1:], dtype=np.result_type(a, b))
-    with _blas_lock, _blas_controller.limit(limits=1, user_api="blas") as limiter:
-        _blas_limiter = limiter
-        try:
-            rowwise(_matmul_into, a, b, out)  # returns only when every block is done
-        finally:
-            _blas_limiter = None
-    return out  # the limit was lifted on the way out of the with, on this thread
-
-
-def _reset_in_forked_child():
-    """A fork copies only the forking thread: a lock another thread held stays held for good,
-    and a pool's threads are gone. So the child gets new locks and no pool, and if a product
-    on another thread had BLAS limited at the fork, the child's BLAS gets its count back."""
-    global _pool, _pool_size, _pool_lock, _blas_lock, _blas_limiter
-    _pool, _pool_size = None, 0
-    _pool_lock, _blas_lock = threading.Lock(), threading.Lock()
-    if _blas_limiter is not None:
-        limiter, _blas_limiter = _blas_limiter, None
-        limiter.__exit__(None, None, None)  # restores the count it found on entry
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_reset_in_forked_child)
 
 
 # ----------------------------------------------------------------------------- seeded init

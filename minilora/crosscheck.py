@@ -28,7 +28,7 @@ import numpy as np
 
 from . import backend
 from .gradcheck import CheckResult, rel_error
-from .nn.linear import LoRALinear
+from .nn.lora import LoRALinear
 from .optim import AdamW
 
 GRAD_TOLERANCE = 1e-10  # float64: forward, loss and every gradient vs PyTorch (rel. error)

@@ -7,10 +7,9 @@ with ``FloatingPointError`` and leaves the model untouched.
 """
 from __future__ import annotations
 
-import math
-from functools import partial
-
-from . import backend
+from . import backend, fast
+from .fast.optim import AdamWWork
+from .fast.optim import adamw_update as fast_adamw_update
 
 
 class Optimizer:
@@ -97,53 +96,18 @@ class AdamW(Optimizer):
             k: (backend.namespace(v).zeros_like(v), backend.namespace(v).zeros_like(v))
             for k, v in params.items()
         }
-        self.scratch = None  # one work array, the size of the largest parameter
+        self.work = AdamWWork()  # the fast update's one work array, reused every step
 
     def step(self):
         params, grads = self._params_and_grads()
         self.t += 1
-        b1, b2 = self.beta1, self.beta2
-        c1 = 1.0 - b1**self.t  # bias corrections
-        c2 = 1.0 - b2**self.t
-        step = self.lr / c1
+        update = fast.update("adamw")  # functional/optim.py, or its fast twin
+        options = {"work": self.work, "largest": self._largest} if update is fast_adamw_update else {}
         for k in self.names:
-            p, g = params[k], grads[k]
-            xp = backend.namespace(p)
             m, v = self.state[k]
-            if self.weight_decay:
-                p *= 1.0 - self.lr * self.weight_decay
-            self._update(xp, p, g, m, v, step, math.sqrt(c2))
+            update(params[k], grads[k], m, v, self.lr, self.beta1, self.beta2, self.eps,
+                   self.weight_decay, self.t, **options)
 
-    def _update(self, xp, p, g, m, v, step, sqrt_c2):
-        """m, v and θ updated in place through one reused work array w: the one-line update
-        makes six parameter-sized temporaries per parameter per step, and for full fine-tuning
-        those cost more than the arithmetic."""
-        n = 1
-        for s in p.shape:
-            n *= s
-        w = self.scratch
-        if w is None or w.size < n or w.dtype != p.dtype or backend.namespace(w) is not xp:
-            largest = max(int(a.size) for a, _ in self.state.values())
-            self.scratch = xp.empty(largest, dtype=p.dtype)
-        w = xp.reshape(self.scratch[:n], p.shape)  # the work array for this parameter
-        # elementwise: big parameters (W of fc1: 2.4M numbers at d768) get their rows split across cores
-        update = partial(self._update_rows, step=step, sqrt_c2=sqrt_c2)
-        backend.rowwise(update, p, g, m, v, w)
-
-    def _update_rows(self, p, g, m, v, w, step, sqrt_c2):
-        """The update of the class docstring on one block of rows of p, g, m, v (w: scratch)."""
-        xp = backend.namespace(p)
-        write = backend.write  # w ← f(...) without a temporary where the library allows
-        write(w, xp.multiply, g, 1.0 - self.beta1)
-        m *= self.beta1
-        m += w  # m ← β₁ m + (1−β₁) g
-        write(w, xp.multiply, g, g)
-        w *= 1.0 - self.beta2
-        v *= self.beta2
-        v += w  # v ← β₂ v + (1−β₂) g²
-        write(w, xp.sqrt, v)
-        w *= 1.0 / sqrt_c2
-        w += self.eps  # √(v / (1−β₂ᵗ)) + ε
-        write(w, xp.divide, m, w)
-        w *= step
-        p -= w  # θ ← θ − lr (m / (1−β₁ᵗ)) / (√(v / (1−β₂ᵗ)) + ε)
+    @property
+    def _largest(self) -> int:
+        return max(int(a.size) for a, _ in self.state.values())

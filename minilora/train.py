@@ -39,8 +39,7 @@ def fit(model, optimizer, batches, steps: int, loss: str = "cross_entropy", prog
         x, y = next(batches)
         t0 = time.perf_counter()
         losses.append(train_step(model, optimizer, x, y, loss))
-        if backend.device_name(x) == "cuda":
-            backend.namespace(x).cuda.Device().synchronize()
+        backend.synchronize(x)  # a GPU step is queued, not done, when train_step returns
         times.append(time.perf_counter() - t0)
         bar.set_postfix(loss=f"{losses[-1]:.4f}")
     times.sort()
@@ -50,10 +49,6 @@ def fit(model, optimizer, batches, steps: int, loss: str = "cross_entropy", prog
 def accuracy(model, x, y) -> float:
     """Fraction of rows whose largest logit is the label, in eval mode (dropout off); the
     model's train/eval mode is restored afterwards."""
-    was_training = model.training
-    model.eval()
-    try:
+    with model.evaluating():
         pred = backend.to_numpy(model.forward(x)).argmax(-1)
-    finally:
-        model.train(was_training)
     return float((pred == backend.to_numpy(y)).mean())

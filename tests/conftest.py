@@ -35,3 +35,12 @@ def arr(a, xp, dtype=None):
 def tol(dtype: str) -> float:
     """Relative tolerance for comparing two computations of the same quantity in ``dtype``."""
     return {"float16": 2e-2, "float32": 2e-5, "float64": 1e-12}[dtype]
+
+
+def plant(monkeypatch, name, forward=None, backward=None):
+    """Put a (planted, wrong) forward or backward in place of layer ``name``'s pair, in both
+    columns of ``minilora.fast.PAIRS``, so the bug reaches the models whichever path runs."""
+    from minilora import fast
+
+    (rf, rb), (ff, fb) = fast.PAIRS[name]
+    monkeypatch.setitem(fast.PAIRS, name, ((forward or rf, backward or rb), (forward or ff, backward or fb)))

@@ -12,7 +12,7 @@ import pytest
 from minilora import MLP, backend
 from minilora import adapters as ad
 from minilora import safetensors as st
-from minilora.nn.linear import LoRALinear
+from minilora.nn.lora import LoRALinear
 
 from conftest import arr
 

@@ -18,8 +18,9 @@ from minilora import adapters, cli, crosscheck
 from minilora.crosscheck import compare_with_torch
 from minilora.functional import lora
 from minilora.gradcheck import format_table, rel_error
-from minilora.nn import linear as nn_linear
 from minilora.nn.transformer import GPT, GPTConfig
+
+from conftest import plant
 
 pytestmark = pytest.mark.crosscheck
 CASES = crosscheck.cases()
@@ -81,11 +82,11 @@ def test_masks_are_real_and_replaying_them_matters(monkeypatch):
 def test_a_broken_backward_fails_against_pytorch(monkeypatch):
     real = lora.lora_backward
 
-    def dB_without_scale(dout, cache, need_dx=True):
-        dx, grads = real(dout, cache, need_dx=need_dx)
+    def dB_without_scale(dout, cache, need=lora.ALL):
+        dx, grads = real(dout, cache, need=need)
         return dx, {**grads, "B": grads["B"] / cache.scale}
 
-    monkeypatch.setattr(nn_linear, "lora_backward", dB_without_scale)
+    plant(monkeypatch, "lora", backward=dB_without_scale)
     model, x, y, loss = CASES["mlp lora(all)"]()
     rows = compare_with_torch(model, x, y, loss=loss, steps=2)
     by = {r.array: r for r in rows}

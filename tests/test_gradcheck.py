@@ -24,7 +24,8 @@ from minilora.gradcheck import (
     rel_error,
 )
 from minilora.nn import MLP
-from minilora.nn import linear as nn_linear
+
+from conftest import plant
 
 BROKEN = 1e-3  # a wrong term gives a relative error far above this; a right one far below
 
@@ -77,8 +78,8 @@ def test_check_pair_catches_lora_dx_without_mask():
 
 
 def _dB_without_scale(real):
-    def backward(dout, cache, need_dx=True):  # one term wrong: dB = doutᵀ u, the scale forgotten
-        dx, grads = real(dout, cache, need_dx=need_dx)
+    def backward(dout, cache, need=lora.ALL):  # one term wrong: dB = doutᵀ u, the scale forgotten
+        dx, grads = real(dout, cache, need=need)
         return dx, {**grads, "B": grads["B"] / cache.scale}
     return backward
 
@@ -135,7 +136,7 @@ def _lora_mlp(activation="relu"):
 def test_check_model_catches_dB_without_scale(monkeypatch):
     model, x, y = _lora_mlp()
     assert all(r.passed for r in check_model(model, x, y))
-    monkeypatch.setattr(nn_linear, "lora_backward", _dB_without_scale(lora.lora_backward))
+    plant(monkeypatch, "lora", backward=_dB_without_scale(lora.lora_backward))
     rows = check_model(model, x, y)
     for r in rows:
         if r.array.endswith(".B"):
@@ -148,7 +149,7 @@ def test_check_model_catches_wrong_gelu(monkeypatch):
     model = MLP((6, 8, 4), "gelu", dtype="float64")
     g = np.random.default_rng(2)
     x, y = g.standard_normal((5, 6)), g.integers(0, 4, 5)
-    monkeypatch.setitem(activations.ACTIVATIONS, "gelu", (activations.gelu_forward, _gelu_first_term_only))
+    plant(monkeypatch, "gelu", backward=_gelu_first_term_only)
     bad = _by_array(check_model(model, x, y))
     assert not bad["fc1.W"].passed and bad["fc1.W"].rel_error > BROKEN  # below the GELU
     assert bad["fc2.W"].passed  # above it: untouched
@@ -171,16 +172,17 @@ def test_command_fails_on_a_broken_backward(monkeypatch, capsys, broken):
     if broken == "lora dB scale":
         bad = _dB_without_scale(lora.lora_backward)
         monkeypatch.setattr(lora, "lora_backward", bad)  # the layer-pair table
-        monkeypatch.setattr(nn_linear, "lora_backward", bad)  # the whole-model table
+        plant(monkeypatch, "lora", backward=bad)  # the whole-model table
         expect = "FAIL lora B"
     elif broken == "lora dx mask":
         real = lora.lora_backward
-        monkeypatch.setattr(lora, "lora_backward",
-                            lambda d, c, need_dx=True: real(d, c._replace(mask=None), need_dx))
+        bad = lambda d, c, need=lora.ALL: real(d, c._replace(mask=None), need)  # noqa: E731
+        monkeypatch.setattr(lora, "lora_backward", bad)
+        plant(monkeypatch, "lora", backward=bad)
         expect = "FAIL lora+mask x"
     else:
         monkeypatch.setattr(activations, "gelu_backward", _gelu_first_term_only)
-        monkeypatch.setitem(activations.ACTIVATIONS, "gelu", (activations.gelu_forward, _gelu_first_term_only))
+        plant(monkeypatch, "gelu", backward=_gelu_first_term_only)
         expect = "FAIL gelu x"
     status, out = _run_command(capsys)
     assert status != 0

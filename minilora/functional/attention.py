@@ -14,26 +14,19 @@ input gradients in the dict (``gradcheck.check_pair`` then checks all three by n
 from __future__ import annotations
 
 import math
-from functools import partial
 from typing import NamedTuple
 
-from ..backend import (
-    batched_matmul,
-    check_float,
-    check_same_dtype,
-    namespace,
-    rowwise,
-    write,
-)
+from .. import checks
+from ..backend import namespace
+from .losses import softmax
+
+ALL = ("q", "k", "v")  # the gradients attention_backward can return
 
 
 def split_heads(x, n_head: int):
     """(B, T, C) -> (B, H, T, hd) with hd = C / H; head h holds channels [h·hd, (h+1)·hd)."""
     B, T, C = x.shape
-    if isinstance(n_head, bool) or not isinstance(n_head, int) or n_head < 1 or C % n_head:
-        raise ValueError(
-            f"split_heads: n_head = {n_head!r} must be a positive int dividing the width C = {C}"
-        )
+    checks.heads_inputs(C, n_head)
     xp = namespace(x)
     x = xp.reshape(x, (B, T, n_head, C // n_head))  # (B, T, H, hd)  a view
     return xp.permute_dims(x, (0, 2, 1, 3))  # (B, H, T, hd)  a view; matmul takes strides
@@ -69,73 +62,38 @@ def attention_forward(q, k, v):
     Inputs:  q, k, v (B, H, T, hd)
     Returns: out (B, H, T, hd), cache (holds the attention weights ``cache.att`` (B, H, T, T))
     """
-    for name, a in (("q", q), ("k", k), ("v", v)):
-        check_float(name, a, "attention")
-    check_same_dtype("attention", q=q, k=k, v=v)
-    if q.ndim != 4 or tuple(k.shape) != tuple(q.shape) or tuple(v.shape) != tuple(q.shape):
-        raise ValueError(
-            "attention: q, k, v must share one shape (B, H, T, hd), got "
-            f"q {tuple(q.shape)}, k {tuple(k.shape)}, v {tuple(v.shape)}"
-        )
+    checks.attention_inputs(q, k, v)
     xp = namespace(q, k, v)
     T, hd = q.shape[2], q.shape[3]
     scale = 1.0 / math.sqrt(hd)
-    qs = q * scale  # (B, H, T, hd); scaling q costs T·hd per head, scaling S would cost T·T
-    # batched_matmul(a, b) is a @ b, with the (B, H) small products split across cores (NumPy)
-    s = batched_matmul(qs, xp.matrix_transpose(k))  # (B, H, T, T)
-    bias = causal_bias(T, xp, q.dtype)
-    att = s  # P = softmax(S + M) overwrites S in place: no second (B, H, T, T) array
-    rowwise(partial(_causal_softmax_rows, bias=bias), att)  # the batch rows split across cores
-    out = batched_matmul(att, v)  # (B, H, T, hd)
-    return out, AttentionCache(qs, k, v, att, scale, out)
+    qs = q * scale  # (B, H, T, hd)  q / √hd
+    S = qs @ xp.matrix_transpose(k) + causal_bias(T, xp, q.dtype)  # (B, H, T, T)
+    P = softmax(S)  # (B, H, T, T)  exp(−∞) = 0 above the diagonal
+    out = P @ v  # (B, H, T, hd)
+    return out, AttentionCache(qs, k, v, P, scale, out)
 
 
-def attention_backward(dout, cache: AttentionCache, need=("q", "k", "v")):
+def attention_backward(dout, cache: AttentionCache, need=ALL):
     """Backward of ``attention_forward``:
 
         dv = Pᵀ dout                        dP = dout vᵀ
         dS = P ⊙ (dP − rowsum(dP ⊙ P))      (softmax backward; 0 wherever P is masked)
-        rowsum(dP ⊙ P)_t = Σ_s (dout_t · v_s) P_ts = dout_t · out_t   (a (T, hd) sum, not (T, T))
         dq = dS k / √hd                     dk = dSᵀ q / √hd
 
     Inputs:  dout (B, H, T, hd), cache from ``attention_forward``; ``need`` names the
-             gradients wanted (a frozen projection with nothing trainable below it needs none:
-             each one skipped saves a (B, H, T, T)-sized product)
+             gradients wanted, among "q", "k", "v"
     Returns: (None, {"q": dq, "k": dk, "v": dv}) restricted to ``need``, each (B, H, T, hd)
     """
-    qs, k, v, att, scale, out = cache
-    xp = namespace(dout, att)
-    dq = dk = dv = None
+    qs, k, v, P, scale, _ = cache
+    xp = namespace(dout, P)
+    grads = {}
     if "v" in need:
-        dv = batched_matmul(xp.matrix_transpose(att), dout)  # (B, H, T, hd); @ as in the forward
+        grads["v"] = xp.matrix_transpose(P) @ dout  # (B, H, T, hd)
     if "q" in need or "k" in need:
-        ds = batched_matmul(dout, xp.matrix_transpose(v))  # (B, H, T, T)  dP, turned into dS in place below
-        if out is None:  # a cache built without the output
-            rowsum = xp.sum(ds * att, axis=-1, keepdims=True)  # (B, H, T, 1)
-        else:  # the same row sums from (T, hd) arrays: no (B, H, T, T) temporary
-            rowsum = xp.sum(dout * out, axis=-1, keepdims=True)
-        rowwise(_softmax_backward_inplace, ds, rowsum, att)  # dS = P ⊙ (dP − rowsum), in ds
+        dP = dout @ xp.matrix_transpose(v)  # (B, H, T, T)
+        dS = P * (dP - xp.sum(dP * P, axis=-1, keepdims=True))  # (B, H, T, T)
         if "q" in need:
-            dq = batched_matmul(ds, k)  # (B, H, T, hd)
-            dq *= scale  # in place: no second (B, H, T, hd) buffer
+            grads["q"] = (dS @ k) * scale  # (B, H, T, hd)
         if "k" in need:
-            dk = batched_matmul(xp.matrix_transpose(ds), qs)  # (B, H, T, hd); qs already carries the 1/√hd
-    grads = {"q": dq, "k": dk, "v": dv}
-    return None, {n: g for n, g in grads.items() if n in need}
-
-
-def _causal_softmax_rows(s, bias):
-    """P = softmax(S + M) over the last axis, in place in s (..., T, T); row by row, for
-    ``rowwise``."""
-    xp = namespace(s)
-    s += bias
-    s -= xp.max(s, axis=-1, keepdims=True)  # the diagonal is never masked: every max is finite
-    write(s, xp.exp, s)  # exp(−∞) = 0 above the diagonal
-    s /= xp.sum(s, axis=-1, keepdims=True)
-
-
-def _softmax_backward_inplace(ds, rowsum, att):
-    """dS = P ⊙ (dP − rowsum) in place in ds (plain in-place operators: any namespace);
-    row by row, so ``rowwise`` can give each core a block of (B) rows."""
-    ds -= rowsum
-    ds *= att
+            grads["k"] = xp.matrix_transpose(dS) @ qs  # (B, H, T, hd); qs carries the 1/√hd
+    return None, {n: grads[n] for n in ALL if n in grads}  # in the order q, k, v

@@ -16,26 +16,9 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
-from ..backend import check_float, dtype_name, namespace
-
-
-def check_ids(ids, V: int, layer: str = "embedding", name: str = "ids") -> None:
-    """Raise ``TypeError`` unless ``ids`` is an integer array, ``ValueError`` unless 0 <= ids < V."""
-    if not hasattr(ids, "__array_namespace__"):
-        raise TypeError(f"{layer}: argument '{name}' must be an integer array, got {type(ids).__name__}")
-    if "int" not in dtype_name(ids):
-        raise TypeError(
-            f"{layer}: argument '{name}' must be an integer array of token ids, got dtype "
-            f"{dtype_name(ids)} with shape {tuple(ids.shape)}"
-        )
-    if ids.size:
-        xp = namespace(ids)
-        lo, hi = int(xp.min(ids)), int(xp.max(ids))  # one device sync per call
-        if lo < 0 or hi >= V:
-            raise ValueError(
-                f"{layer}: token ids in '{name}' must lie in [0, {V}) (the vocabulary size), "
-                f"got values in [{lo}, {hi}]"
-            )
+from .. import checks
+from ..backend import namespace
+from ..checks import check_ids  # noqa: F401  (where older code imported it from)
 
 
 class EmbeddingCache(NamedTuple):
@@ -50,11 +33,8 @@ def embedding_forward(ids, W):
     Inputs:  ids (...) integers in [0, V), W (V, C)
     Returns: out (..., C), cache
     """
-    check_float("W", W, "embedding")
-    if W.ndim != 2:
-        raise ValueError(f"embedding: W must be 2-D (V, C), got shape {tuple(W.shape)}")
+    checks.embedding_inputs(ids, W)
     V, C = W.shape
-    check_ids(ids, V)
     xp = namespace(ids, W)
     flat = xp.reshape(ids, (-1,))  # (N,)
     out = xp.take(W, flat, axis=0)  # (N, C)
@@ -95,14 +75,9 @@ def position_forward(P, T: int):
     Inputs:  P (n_ctx, C), T <= n_ctx
     Returns: out (T, C), cache
     """
-    check_float("P", P, "position_embedding")
-    n_ctx = P.shape[0]
-    if isinstance(T, bool) or not isinstance(T, int) or not 0 <= T <= n_ctx:
-        raise ValueError(
-            f"position_embedding: sequence length T = {T!r} must lie in [0, n_ctx = {n_ctx}] "
-            "(the context length)"
-        )
-    return P[:T, :], PositionCache(n_ctx, T)
+    checks.position_inputs(P, T)
+    T = int(T)
+    return P[:T, :], PositionCache(P.shape[0], T)
 
 
 def position_backward(dout, cache: PositionCache):

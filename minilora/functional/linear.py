@@ -7,31 +7,15 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
-from ..backend import check_float, check_same_dtype, namespace
+from .. import checks
+from ..backend import namespace
+
+ALL = ("x", "W", "b")  # the gradients linear_backward can return
 
 
 class LinearCache(NamedTuple):
     x: object  # (..., d_in)  input
     W: object  # (d_out, d_in)
-
-
-def check_linear_shapes(layer: str, x, W, b) -> None:
-    """Raise ``ValueError`` naming the layer and the shapes if ``x``, ``W``, ``b`` disagree."""
-    for name, a in (("x", x), ("W", W), ("b", b)):
-        if a is not None:
-            check_float(name, a, layer)
-    check_same_dtype(layer, x=x, W=W, b=b)
-    if W.ndim != 2:
-        raise ValueError(f"{layer}: W must be 2-D (d_out, d_in), got shape {tuple(W.shape)}")
-    if x.ndim < 1 or x.shape[-1] != W.shape[1]:
-        raise ValueError(
-            f"{layer}: x has shape {tuple(x.shape)} but W has shape {tuple(W.shape)}; "
-            f"x's last axis must equal d_in = {W.shape[1]}"
-        )
-    if b is not None and tuple(b.shape) != (W.shape[0],):
-        raise ValueError(
-            f"{layer}: b has shape {tuple(b.shape)}, expected (d_out,) = ({W.shape[0]},)"
-        )
 
 
 def linear_forward(x, W, b=None, layer: str = "linear"):
@@ -40,29 +24,32 @@ def linear_forward(x, W, b=None, layer: str = "linear"):
     Inputs:  x (..., d_in), W (d_out, d_in), b (d_out,) or None; ``layer`` names it in errors
     Returns: y (..., d_out), cache
     """
-    check_linear_shapes(layer, x, W, b)
-    namespace(x, W, b)  # raises if backends are mixed
+    checks.linear_inputs(layer, x, W, b)
     y = x @ W.T
     if b is not None:
-        y += b  # in place: y is fresh, so no second (..., d_out) buffer
+        y = y + b
     return y, LinearCache(x, W)
 
 
-def linear_backward(dout, cache: LinearCache, frozen: bool = False, need_dx: bool = True):
+def linear_backward(dout, cache: LinearCache, need=ALL):
     """dx = dout W,   dW = doutᵀ x  (summed over all rows),   db = Σ_rows dout
 
     A frozen layer still passes the gradient through (dx); it only skips dW and db.
 
-    Inputs:  dout (..., d_out), cache from ``linear_forward``
-    Returns: dx (..., d_in) or None if ``need_dx`` is False,
-             grads {"W": (d_out, d_in), "b": (d_out,)}  (empty if ``frozen``)
+    Inputs:  dout (..., d_out), cache from ``linear_forward``; ``need`` names the gradients
+             wanted, among "x", "W", "b"
+    Returns: dx (..., d_in) or None if "x" is not needed, grads {"W": (d_out, d_in), "b": (d_out,)}
+             restricted to ``need``
     """
     x, W = cache
     xp = namespace(dout, x)
-    dx = dout @ W if need_dx else None
-    if frozen:
-        return dx, {}
     d_out, d_in = W.shape
     dout2 = xp.reshape(dout, (-1, d_out))  # (N, d_out)  all leading axes are rows
     x2 = xp.reshape(x, (-1, d_in))  # (N, d_in)
-    return dx, {"W": dout2.T @ x2, "b": xp.sum(dout2, axis=0)}
+    dx = dout @ W if "x" in need else None
+    grads = {}
+    if "W" in need:
+        grads["W"] = dout2.T @ x2
+    if "b" in need:
+        grads["b"] = xp.sum(dout2, axis=0)
+    return dx, grads

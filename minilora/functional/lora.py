@@ -15,8 +15,11 @@ from __future__ import annotations
 import math
 from typing import NamedTuple
 
-from ..backend import check_float, check_same_dtype, namespace
-from .linear import check_linear_shapes
+from .. import checks
+from ..backend import namespace
+from ..checks import check_lora  # noqa: F401  (where older code imported it from)
+
+ALL = ("x", "A", "B")  # the gradients lora_backward can return
 
 
 def lora_scale(r: int, alpha: float, rslora: bool = False) -> float:
@@ -24,23 +27,10 @@ def lora_scale(r: int, alpha: float, rslora: bool = False) -> float:
     return alpha / math.sqrt(r) if rslora else alpha / r
 
 
-def check_lora(layer: str, d_in: int, d_out: int, r, alpha) -> None:
-    """Validate rank and alpha for a layer of shape (d_out, d_in), with errors naming both."""
-    if isinstance(r, bool) or not isinstance(r, int):
-        raise TypeError(f"{layer}: r must be an int, got {r!r}")
-    if not 1 <= r <= min(d_in, d_out):
-        raise ValueError(
-            f"{layer}: r = {r} must satisfy 1 <= r <= min(d_in, d_out) = "
-            f"min({d_in}, {d_out}) = {min(d_in, d_out)}"
-        )
-    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not alpha > 0:
-        raise ValueError(f"{layer}: alpha must be a positive number, got {alpha!r}")
-
-
 class LoRACache(NamedTuple):
     x: object  # (..., d_in)  input
     mask: object  # (..., d_in)  inverted-dropout mask, or None
-    x_drop: object  # (..., d_in)  x * mask (x itself when mask is None)
+    x_drop: object  # (..., d_in)  x̃ = x ⊙ mask (x itself when mask is None)
     u: object  # (..., r)     u = x̃ Aᵀ, the low-rank code
     W: object  # (d_out, d_in) frozen
     A: object  # (r, d_in)
@@ -55,35 +45,17 @@ def lora_forward(x, W, b, A, B, scale: float, mask=None, layer: str = "lora"):
              scale (float), mask (..., d_in) inverted-dropout mask or None
     Returns: h (..., d_out), cache
     """
-    check_linear_shapes(layer, x, W, b)
-    check_float("A", A, layer)
-    check_float("B", B, layer)
-    if mask is not None:
-        check_float("mask", mask, layer)
-    check_same_dtype(layer, x=x, W=W, A=A, B=B, mask=mask)
-    d_out, d_in = W.shape
-    r = A.shape[0]
-    if A.ndim != 2 or tuple(A.shape) != (r, d_in) or tuple(B.shape) != (d_out, r):
-        raise ValueError(
-            f"{layer}: expected A (r, d_in) = (r, {d_in}) and B (d_out, r) = ({d_out}, r) with "
-            f"one r, got A {tuple(A.shape)} and B {tuple(B.shape)}"
-        )
-    if mask is not None and tuple(mask.shape) != tuple(x.shape):
-        raise ValueError(
-            f"{layer}: dropout mask has shape {tuple(mask.shape)}, expected x's {tuple(x.shape)}"
-        )
-    namespace(x, W, b, A, B, mask)  # raises if backends are mixed
-
+    checks.lora_inputs(layer, x, W, b, A, B, mask)
     x_drop = x if mask is None else x * mask  # (..., d_in)
-    u = x_drop @ A.T  # (..., r)
-    h = x @ W.T  # (..., d_out)
+    u = x_drop @ A.T  # (..., r)    the low-rank code
+    h = x @ W.T  # (..., d_out)  the frozen path
     if b is not None:
-        h += b  # in place (here and below): no extra (..., d_out) buffers
-    h += (scale * u) @ B.T  # scale on the r-wide code: the cheapest place for it
+        h = h + b
+    h = h + (scale * u) @ B.T  # scale on the r-wide code: the cheapest place for it
     return h, LoRACache(x, mask, x_drop, u, W, A, B, scale)
 
 
-def lora_backward(dout, cache: LoRACache, need_dx: bool = True):
+def lora_backward(dout, cache: LoRACache, need=ALL):
     """Backward of ``lora_forward``: gradients for A and B only (W is frozen).
 
         dB = scale · doutᵀ u            (d_out, r)
@@ -93,8 +65,10 @@ def lora_backward(dout, cache: LoRACache, need_dx: bool = True):
 
     At initialisation B = 0, so du = 0 and dA = 0 while dB ≠ 0: only B moves on the first step.
 
-    Inputs:  dout (..., d_out), cache from ``lora_forward``
-    Returns: dx (..., d_in) or None if ``need_dx`` is False, grads {"A": dA, "B": dB}
+    Inputs:  dout (..., d_out), cache from ``lora_forward``; ``need`` names the gradients
+             wanted, among "x", "A", "B"
+    Returns: dx (..., d_in) or None if "x" is not needed, grads {"A": dA, "B": dB} restricted
+             to ``need``
     """
     x, mask, x_drop, u, W, A, B, scale = cache
     xp = namespace(dout, x)
@@ -102,17 +76,19 @@ def lora_backward(dout, cache: LoRACache, need_dx: bool = True):
     r = A.shape[0]
     dout2 = xp.reshape(dout, (-1, d_out))  # (N, d_out)
     u2 = xp.reshape(u, (-1, r))  # (N, r)
-    dB = scale * (dout2.T @ u2)  # (d_out, r)
     du2 = dout2 @ (scale * B)  # (N, r); scale folded into the small B
-    dA = du2.T @ xp.reshape(x_drop, (-1, d_in))  # (r, d_in)
+    grads = {}
+    if "A" in need:
+        grads["A"] = du2.T @ xp.reshape(x_drop, (-1, d_in))  # (r, d_in)
+    if "B" in need:
+        grads["B"] = scale * (dout2.T @ u2)  # (d_out, r)
     dx = None
-    if need_dx:
+    if "x" in need:
         dx_lora = xp.reshape(du2 @ A, tuple(x.shape))  # (..., d_in)
         if mask is not None:
-            dx_lora *= mask  # in place (here and below): dx_lora and dx are fresh products
-        dx = dout @ W
-        dx += dx_lora
-    return dx, {"A": dA, "B": dB}
+            dx_lora = dx_lora * mask
+        dx = dout @ W + dx_lora
+    return dx, grads
 
 
 def lora_delta(A, B, scale: float):

@@ -7,9 +7,17 @@ trainable parameters (no hidden accumulation across calls) and returns ``dx``.
 
 Qualified names join the path with dots: ``fc1.base.W``, ``fc1.lora.default.A``,
 ``blocks.0.attn.q.base.W``.
+
+Which gradients a backward computes is decided as autograd frameworks propagate requires-grad:
+a module's *input* needs a gradient (``need_dx``) only if something before it trains. Each
+composite module says how its children connect in ``plan_backward`` — the forward's dataflow,
+line by line — and runs it at the top of its backward, so its children know their ``need_dx``;
+each layer then asks its pair for exactly ``wanted()``: its trainable parameters, plus "x" when
+``need_dx``. A module whose output gradient nobody needs is handed ``None`` and skips its work.
 """
 from __future__ import annotations
 
+import contextlib
 import fnmatch
 from typing import NamedTuple
 
@@ -25,6 +33,8 @@ class ParamInfo(NamedTuple):
 
 
 class Module:
+    need_dx = True  # is the input gradient wanted? Set by the parent's plan_backward
+
     def __init__(self):
         # object.__setattr__ is not needed: __getattr__ only runs for missing attributes.
         self.params: dict = {}
@@ -148,6 +158,42 @@ class Module:
         for _, m in self.named_modules():
             m.grads = {}
 
+    # ------------------------------------------------------------------ which gradients
+    def has_trainable(self) -> bool:
+        """True if any parameter in this module's subtree is trainable."""
+        return any(k not in m.frozen for _, m in self.named_modules() for k in m.params)
+
+    def trainable_names(self) -> set:
+        """Names of this module's own trainable parameters (not its children's)."""
+        return {k for k in self.params if k not in self.frozen}
+
+    def wanted(self) -> set:
+        """The gradients this module's pair must compute: its trainable parameters, and "x"
+        (the input gradient) when ``need_dx``."""
+        return self.trainable_names() | ({"x"} if self.need_dx else set())
+
+    def flow(self, x_requires_grad: bool) -> bool:
+        """One step of requires-grad propagation: this module's input requires a gradient iff
+        ``x_requires_grad``; its output does iff that, or anything in it trains."""
+        self.need_dx = bool(x_requires_grad)
+        return self.need_dx or self.has_trainable()
+
+    def wants_dout(self) -> bool:
+        """True if a gradient arriving here is used: the input needs one, or something trains."""
+        return self.need_dx or self.has_trainable()
+
+    def skips(self, dout) -> bool:
+        """True (and this subtree's grads cleared) when there is nothing to do: no gradient
+        arrives (``dout`` is None: nothing above needs one) or nothing here uses it."""
+        if dout is None or not self.wants_dout():
+            self.zero_grad()
+            return True
+        return False
+
+    def plan_backward(self) -> None:
+        """Set each child's ``need_dx`` from this module's, following the forward's dataflow
+        (composite modules override this; a layer without children has nothing to plan)."""
+
     # ------------------------------------------------------------------ state
     def to(self, device) -> "Module":
         """Move every parameter to ``device`` ("cpu", "cuda", or an array namespace)."""
@@ -210,6 +256,18 @@ class Module:
     def eval(self) -> "Module":
         return self.train(False)
 
+    @contextlib.contextmanager
+    def evaluating(self):
+        """``with model.evaluating(): ...`` runs the block in eval mode (dropout off) and puts
+        back the train/eval mode each module had, even if the block raises."""
+        modes = [(m, m.training) for _, m in self.named_modules()]
+        self.eval()
+        try:
+            yield self
+        finally:
+            for m, mode in modes:
+                m.training = mode
+
     def clear_cache(self) -> None:
         self.__dict__.pop("cache", None)
 
@@ -226,6 +284,9 @@ class Module:
         return "float32"
 
     # ------------------------------------------------------------------ LoRA (see nn/lora.py)
+    # These import nn/lora.py when called, not at the top: nn/lora.py builds on Module (its
+    # LoRALinear *is* a Module), so a top-level import here would be a circle. The methods stay
+    # on Module because ``model.add_lora(...)`` is how the README and the notebooks read.
     def add_lora(self, targets=None, **kwargs) -> "Module":
         from .lora import add_lora
 
@@ -251,8 +312,18 @@ class Module:
     def forward(self, x):  # pragma: no cover - abstract
         raise NotImplementedError
 
-    def backward(self, dout, need_dx: bool = True):  # pragma: no cover - abstract
+    def backward(self, dout):  # pragma: no cover - abstract
         raise NotImplementedError
 
     def __call__(self, x):
         return self.forward(x)
+
+
+def add(a, b):
+    """a + b for two gradients of one array, where either may be None (no gradient arrived).
+    ``a`` must be a fresh array the caller owns: the sum is taken in place in it."""
+    if a is None:
+        return b
+    if b is not None:
+        a += b
+    return a

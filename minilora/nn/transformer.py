@@ -20,23 +20,16 @@ import dataclasses
 import math
 from dataclasses import dataclass
 
-from .. import backend
-from ..functional.activations import gelu_backward, gelu_forward
-from ..functional.attention import attention_backward, attention_forward, merge_heads, split_heads
+from .. import backend, checks, fast
+from ..functional.attention import merge_heads, split_heads
 from ..functional.embedding import (
     embedding_backward,
     embedding_forward,
     position_backward,
     position_forward,
 )
-from ..functional.layernorm import layernorm_backward, layernorm_forward
 from .linear import Linear
-from .module import Module
-
-
-def _positive_int(owner: str, name: str, v) -> None:
-    if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-        raise ValueError(f"{owner}: {name} must be a positive int, got {v!r}")
+from .module import Module, add
 
 
 @dataclass(frozen=True)
@@ -54,7 +47,7 @@ class GPTConfig:
 
     def __post_init__(self):
         for name in ("vocab_size", "n_ctx", "n_layer", "n_head", "n_embd", "mlp_ratio"):
-            _positive_int("GPTConfig", name, getattr(self, name))
+            checks.positive_int("GPTConfig", name, getattr(self, name))
         if self.n_embd % self.n_head:
             raise ValueError(
                 f"GPTConfig: n_head = {self.n_head} must divide n_embd = {self.n_embd} "
@@ -87,20 +80,6 @@ PRESETS = {
 }
 
 
-def trainable(module: Module) -> bool:
-    """True if any parameter in ``module``'s subtree is trainable (decides which dx are needed)."""
-    return any(k not in m.frozen for _, m in module.named_modules() for k in m.params)
-
-
-def backward_or_clear(module: Module, d, need_dx: bool):
-    """``module.backward(d)``, or — when no gradient arrives (``d`` is None: nothing below needs
-    one, so the layers above skipped it) — clear the module's stale grads and pass None on."""
-    if d is None:
-        module.zero_grad()
-        return None
-    return module.backward(d, need_dx=need_dx)
-
-
 def _normal_linear(d_in, d_out, std, gen, bias=True, dtype="float32", device="cpu") -> Linear:
     """A ``Linear`` with GPT-2's init: W ~ N(0, std²), b = 0 (drawn from the model's generator)."""
     layer = Linear(d_in, d_out, bias=bias, seed=0, dtype=dtype, device=device)  # shapes; W replaced
@@ -118,19 +97,21 @@ class LayerNorm(Module):
 
     def __init__(self, C: int, eps: float = 1e-5, dtype="float32", device="cpu"):
         super().__init__()
-        _positive_int("LayerNorm", "C", C)
+        checks.positive_int("LayerNorm", "C", C)
         self.eps = eps
         self.params["gamma"] = backend.zeros((C,), dtype, device) + 1.0
         self.params["beta"] = backend.zeros((C,), dtype, device)
 
     def forward(self, x):
+        layernorm_forward, _ = fast.pair("layernorm")
         y, self.cache = layernorm_forward(x, self.params["gamma"], self.params["beta"], self.eps)
         return y
 
-    def backward(self, dout, need_dx: bool = True):
-        frozen = self.frozen >= {"gamma", "beta"}
-        dx, grads = layernorm_backward(dout, self.cache, frozen=frozen, need_dx=need_dx)
-        self.grads = {k: v for k, v in grads.items() if k not in self.frozen}
+    def backward(self, dout):
+        if self.skips(dout):
+            return None
+        _, layernorm_backward = fast.pair("layernorm")
+        dx, self.grads = layernorm_backward(dout, self.cache, need=self.wanted())
         return dx
 
 
@@ -139,17 +120,20 @@ class Embedding(Module):
 
     def __init__(self, V: int, C: int, std: float = 0.02, seed=0, dtype="float32", device="cpu"):
         super().__init__()
-        _positive_int("Embedding", "V", V)
-        _positive_int("Embedding", "C", C)
+        checks.positive_int("Embedding", "V", V)
+        checks.positive_int("Embedding", "C", C)
         self.params["W"] = backend.normal(backend.rng(seed), (V, C), std, dtype, device)
 
     def forward(self, ids):
         out, self.cache = embedding_forward(ids, self.params["W"])
         return out
 
-    def backward(self, dout, need_dx: bool = False):
-        """Fills ``grads["W"]`` unless frozen (then the one-hot product is skipped); returns None."""
-        self.grads = {} if "W" in self.frozen else embedding_backward(dout, self.cache)[1]
+    def backward(self, dout):
+        """Fills ``grads["W"]`` unless frozen (then the one-hot product is skipped); returns None
+        (ids are integers: no input gradient)."""
+        if self.skips(dout):
+            return None
+        self.grads = embedding_backward(dout, self.cache)[1]
         return None
 
 
@@ -158,15 +142,18 @@ class PositionEmbedding(Module):
 
     def __init__(self, n_ctx: int, C: int, std: float = 0.02, seed=0, dtype="float32", device="cpu"):
         super().__init__()
-        _positive_int("PositionEmbedding", "n_ctx", n_ctx)
+        checks.positive_int("PositionEmbedding", "n_ctx", n_ctx)
         self.params["W"] = backend.normal(backend.rng(seed), (n_ctx, C), std, dtype, device)
 
     def forward(self, T: int):
         out, self.cache = position_forward(self.params["W"], T)
         return out  # (T, C)
 
-    def backward(self, dout, need_dx: bool = False):
-        self.grads = {} if "W" in self.frozen else {"W": position_backward(dout, self.cache)[1]["P"]}
+    def backward(self, dout):
+        """dW[t] = Σ_batch dout[:, t] unless frozen; returns None (positions are not inputs)."""
+        if self.skips(dout):
+            return None
+        self.grads = {"W": position_backward(dout, self.cache)[1]["P"]}
         return None
 
 
@@ -193,28 +180,32 @@ class CausalSelfAttention(Module):
         q = split_heads(xp.reshape(ch["q"].forward(x2), (B, T, C)), H)  # (B, H, T, hd)
         k = split_heads(xp.reshape(ch["k"].forward(x2), (B, T, C)), H)
         v = split_heads(xp.reshape(ch["v"].forward(x2), (B, T, C)), H)
+        attention_forward, _ = fast.pair("attention")
         y, self.cache = attention_forward(q, k, v)  # (B, H, T, hd)
         y = ch["o"].forward(xp.reshape(merge_heads(y), (B * T, C)))  # (N, C)
         return xp.reshape(y, (B, T, C))
 
-    def backward(self, dout, need_dx: bool = True):
+    def plan_backward(self) -> None:
+        ch = self.children
+        qkv = [ch[n].flow(self.need_dx) for n in ("q", "k", "v")]  # all three read x
+        ch["o"].flow(any(qkv))
+
+    def backward(self, dout):
+        """dy = oᵀ(dout);  dq, dk, dv = attentionᵀ(dy);  dx = qᵀ(dq) + kᵀ(dk) + vᵀ(dv)."""
+        if self.skips(dout):
+            return None
+        self.plan_backward()
         B, T, C = dout.shape
         ch, H, xp = self.children, self.n_head, backend.namespace(dout)
         dy = ch["o"].backward(xp.reshape(dout, (B * T, C)))  # (N, C)
-        # dq, dk or dv only where someone uses it: the projection trains, or dx is wanted
-        need = [n for n in ("q", "k", "v") if need_dx or trainable(ch[n])]
-        _, g = attention_backward(split_heads(xp.reshape(dy, (B, T, C)), H), self.cache, need=need)
+        need = [n for n in ("q", "k", "v") if ch[n].wants_dout()]  # each one skipped saves a product
+        _, attention_backward = fast.pair("attention")
+        g = attention_backward(split_heads(xp.reshape(dy, (B, T, C)), H), self.cache, need=need)[1] if need else {}
         dx = None
-        for n in ("q", "k", "v"):  # dq, dk, dv back through their projections
-            if n not in need:
-                ch[n].zero_grad()
-                continue
-            d = ch[n].backward(xp.reshape(merge_heads(g[n]), (B * T, C)), need_dx=need_dx)
-            if dx is None:
-                dx = d
-            else:
-                dx += d  # in place: each d is a fresh product, so no (N, C) temporary
-        return xp.reshape(dx, (B, T, C)) if need_dx else None
+        for n in ("q", "k", "v"):
+            d = None if n not in g else xp.reshape(merge_heads(g[n]), (B * T, C))
+            dx = add(ch[n].backward(d), dx)  # each backward's dx is fresh: summed in place
+        return None if dx is None else xp.reshape(dx, (B, T, C))
 
 
 class FeedForward(Module):
@@ -230,15 +221,24 @@ class FeedForward(Module):
     def forward(self, x):
         xp = backend.namespace(x)
         x2 = xp.reshape(x, (-1, x.shape[-1]))  # (N, C) view: 2-D matmuls run far faster than 3-D
+        gelu_forward, _ = fast.pair("gelu")
         a, self.cache = gelu_forward(self.children["fc1"].forward(x2))  # (N, 4C)
         return xp.reshape(self.children["fc2"].forward(a), tuple(x.shape))
 
-    def backward(self, dout, need_dx: bool = True):
+    def plan_backward(self) -> None:
+        self.children["fc2"].flow(self.children["fc1"].flow(self.need_dx))
+
+    def backward(self, dout):
+        """da = fc2ᵀ(dout);  dh = GELUᵀ(da);  dx = fc1ᵀ(dh)."""
+        if self.skips(dout):
+            return None
+        self.plan_backward()
         xp = backend.namespace(dout)
+        _, gelu_backward = fast.pair("gelu")
         da = self.children["fc2"].backward(xp.reshape(dout, (-1, dout.shape[-1])))  # (N, 4C)
-        dh, _ = gelu_backward(da, self.cache)
-        dx = self.children["fc1"].backward(dh, need_dx=need_dx)
-        return xp.reshape(dx, tuple(dout.shape)) if need_dx else None
+        dh = None if da is None else gelu_backward(da, self.cache)[0]
+        dx = self.children["fc1"].backward(dh)
+        return None if dx is None else xp.reshape(dx, tuple(dout.shape))
 
 
 class Block(Module):
@@ -259,28 +259,20 @@ class Block(Module):
         h = x + ch["attn"].forward(ch["ln1"].forward(x))
         return h + ch["mlp"].forward(ch["ln2"].forward(h))
 
-    def backward(self, dout, need_dx: bool = True):
-        """dh = dy + ln2ᵀ(mlpᵀ(dy));  dx = dh + ln1ᵀ(attnᵀ(dh)).
+    def plan_backward(self) -> None:
+        ch, x = self.children, self.need_dx
+        h = ch["attn"].flow(ch["ln1"].flow(x)) or x  # h = x + attn(ln1(x))
+        ch["mlp"].flow(ch["ln2"].flow(h))  # y = h + mlp(ln2(h))
 
-        Input gradients nobody needs are skipped: with ``need_dx`` False and a frozen ln1, the
-        attention's dx is never computed (what LoRA saves in the first block).
-        """
+    def backward(self, dy):
+        """dh = dy + ln2ᵀ(mlpᵀ(dy));  dx = dh + ln1ᵀ(attnᵀ(dh))   (the residuals pass d through)."""
+        if self.skips(dy):
+            return None
+        self.plan_backward()
         ch = self.children
-        ln1_t, ln2_t = trainable(ch["ln1"]), trainable(ch["ln2"])
-        need_dh = need_dx or ln1_t or trainable(ch["attn"])
-        d = ch["mlp"].backward(dout, need_dx=need_dh or ln2_t)
-        d = backward_or_clear(ch["ln2"], d, need_dh)
-        if not need_dh:  # nothing below needs dh: attn and ln1 are frozen
-            ch["attn"].zero_grad(), ch["ln1"].zero_grad()
-            return None
-        d += dout  # in place (d is fresh): dh = dy + ln2ᵀ(...), the residual passes dy through
-        dh = d  # (B, T, C)
-        d = ch["attn"].backward(dh, need_dx=need_dx or ln1_t)
-        d = backward_or_clear(ch["ln1"], d, need_dx)
-        if not need_dx:
-            return None
-        d += dh  # in place, as above: dx = dh + ln1ᵀ(...)
-        return d
+        dh = add(ch["ln2"].backward(ch["mlp"].backward(dy)), dy)
+        dx = add(ch["ln1"].backward(ch["attn"].backward(dh)), dh)
+        return dx if self.need_dx else None
 
 
 # ----------------------------------------------------------------------------- the model
@@ -341,26 +333,30 @@ class GPT(Module):
         x = ch["ln_f"].forward(xp.reshape(x, (B * T, C)))  # (N, C) view for a 2-D matmul
         return xp.reshape(ch["lm_head"].forward(x), (B, T, self.config.vocab_size))  # (B, T, V)
 
-    def backward(self, dlogits, need_dx: bool = False):
-        """Gradients of every trainable array from dlogits (B, T, V); returns None (ids are integers).
-
-        Backward stops below the lowest block that has anything trainable in or under it, so a
-        LoRA model never computes the embeddings' (frozen) input gradients.
-        """
+    def plan_backward(self) -> None:
         ch = self.children
-        blocks = list(ch["blocks"].children.values())
-        below = [trainable(ch["wte"]) or trainable(ch["wpe"])]  # below[i]: trainable under block i
-        for b in blocks:
-            below.append(below[-1] or trainable(b))
+        wte, wpe = ch["wte"].flow(False), ch["wpe"].flow(False)  # ids and positions: no gradient
+        x = wte or wpe  # x₀ = wte[ids] + wpe[0:T]
+        for block in ch["blocks"].children.values():
+            x = block.flow(x)
+        ch["lm_head"].flow(ch["ln_f"].flow(x))
+
+    def backward(self, dlogits):
+        """The forward in reverse, a line per layer; returns None (ids are integers).
+
+        Gradients stop below the lowest module that trains (``plan_backward``), so a LoRA model
+        never computes the frozen embeddings' input gradients.
+        """
+        self.plan_backward()
+        ch, xp = self.children, backend.namespace(dlogits)
         B, T, V = dlogits.shape
-        xp = backend.namespace(dlogits)
-        d = ch["lm_head"].backward(xp.reshape(dlogits, (B * T, V)), need_dx=below[-1] or trainable(ch["ln_f"]))
-        d = backward_or_clear(ch["ln_f"], d, below[-1])
-        d = xp.reshape(d, (B, T, d.shape[-1])) if d is not None else None  # (B, T, C)
-        for i in range(len(blocks) - 1, -1, -1):  # (B, T, C) flows down the residual stream
-            d = backward_or_clear(blocks[i], d, below[i])
-        for name in ("wte", "wpe"):
-            backward_or_clear(ch[name], d, False)  # wpe sums d over the batch
+        d = ch["lm_head"].backward(xp.reshape(dlogits, (B * T, V)))  # (N, C)
+        d = ch["ln_f"].backward(d)
+        d = None if d is None else xp.reshape(d, (B, T, d.shape[-1]))  # (B, T, C)
+        for block in reversed(list(ch["blocks"].children.values())):
+            d = block.backward(d)
+        ch["wpe"].backward(d)  # sums d over the batch
+        ch["wte"].backward(d)
         return None
 
     # ------------------------------------------------------------------ sampling
@@ -387,9 +383,7 @@ class GPT(Module):
             raise ValueError(f"GPT.generate: argument 'ids' must be (B, T0) with T0 >= 1, got shape {out.shape}")
         hp = backend.namespace(out)  # the host namespace (NumPy), reached through the seam
         gen = backend.rng(seed)
-        was_training = self.training
-        self.eval()
-        try:
+        with self.evaluating():
             for _ in range(n_new):
                 ctx = backend.from_numpy(out[:, -self.config.n_ctx:], device)
                 logits = self.forward(ctx)[:, -1, :]  # (B, V) only the last position is sampled
@@ -406,6 +400,4 @@ class GPT(Module):
                     u = gen.random((out.shape[0], 1))
                     nxt = hp.minimum(hp.sum(cdf < u, axis=-1), self.config.vocab_size - 1)  # inverse CDF
                 out = hp.concat([out, hp.astype(nxt[:, None], out.dtype)], axis=1)
-        finally:
-            self.train(was_training)
         return backend.from_numpy(out, device)

@@ -1,11 +1,11 @@
-"""backend.rowwise (elementwise work split into row blocks across threads) and the fast paths
+"""runtime.rowwise (elementwise work split into row blocks across threads) and the fast paths
 that use it: the same numbers as the plain array-API lines, on arrays big enough to be split."""
 import array_api_strict
 import numpy as np
 import pytest
 
 from minilora import backend
-from minilora.functional.activations import gelu_backward, gelu_forward
+from minilora.fast import runtime
 
 
 def _axpy(a, b, out):  # row by row, in place: out = 2a + b
@@ -14,67 +14,36 @@ def _axpy(a, b, out):  # row by row, in place: out = 2a + b
 
 @pytest.mark.parametrize("rows", [1, 7, 1001])
 def test_rowwise_writes_every_row(monkeypatch, rows):
-    monkeypatch.setattr(backend, "THREADS", 3)  # more blocks than a 2-core machine would use
-    monkeypatch.setattr(backend, "ROWWISE_MIN_SIZE", 1)  # split even small arrays
+    monkeypatch.setattr(runtime, "THREADS", 3)  # more blocks than a 2-core machine would use
+    monkeypatch.setattr(runtime, "ROWWISE_MIN_SIZE", 1)  # split even small arrays
     gen = np.random.default_rng(0)
     a, b = gen.standard_normal((rows, 5)), gen.standard_normal((rows, 5))
     out = np.full_like(a, np.nan)
-    backend.rowwise(_axpy, a, b, out)
+    runtime.rowwise(_axpy, a, b, out)
     np.testing.assert_array_equal(out, 2.0 * a + b)
 
 
 def test_rowwise_falls_back_to_a_plain_call_on_other_namespaces():
     a = array_api_strict.ones((4, 3))
     out = array_api_strict.zeros((4, 3))
-    backend.rowwise(_axpy, a, a, out)
+    runtime.rowwise(_axpy, a, a, out)
     assert bool(array_api_strict.all(out == 3.0))
 
 
 def test_rowwise_reraises_a_workers_exception(monkeypatch):
-    monkeypatch.setattr(backend, "ROWWISE_MIN_SIZE", 1)
-    monkeypatch.setattr(backend, "THREADS", 2)
+    monkeypatch.setattr(runtime, "ROWWISE_MIN_SIZE", 1)
+    monkeypatch.setattr(runtime, "THREADS", 2)
 
     def fail_on_late_rows(a):
         if a[0, 0] >= 2:
             raise ValueError("row block failed")
 
     with pytest.raises(ValueError, match="row block failed"):
-        backend.rowwise(fail_on_late_rows, np.arange(8.0).reshape(4, 2))
+        runtime.rowwise(fail_on_late_rows, np.arange(8.0).reshape(4, 2))
 
 
 def _strict(a):
     return array_api_strict.asarray(a)
-
-
-def test_gelu_fast_path_matches_plain_lines_on_a_split_array():
-    # 600 x 500 = 300k elements: above ROWWISE_MIN_SIZE, so NumPy splits the rows
-    gen = np.random.default_rng(1)
-    x = gen.standard_normal((600, 500)).astype(np.float32) * 3
-    dout = gen.standard_normal((600, 500)).astype(np.float32)
-    y, cache = gelu_forward(x)
-    dx, _ = gelu_backward(dout, cache)
-    ys, cs = gelu_forward(_strict(x))  # array-API strict takes the plain lines
-    dxs, _ = gelu_backward(_strict(dout), cs)
-    np.testing.assert_allclose(y, backend.to_numpy(ys), rtol=1e-6, atol=1e-6)
-    np.testing.assert_allclose(cache.t, backend.to_numpy(cs.t), rtol=1e-6, atol=1e-6)
-    np.testing.assert_allclose(dx, backend.to_numpy(dxs), rtol=1e-5, atol=1e-6)
-
-
-def test_attention_fast_path_matches_plain_lines_on_a_split_array():
-    # (B, H, T, T) = (2, 2, 256, 256): 262k elements, so NumPy splits the B·H rows
-    from minilora.functional.attention import attention_backward, attention_forward
-
-    gen = np.random.default_rng(2)
-    q, k, v, dout = (gen.standard_normal((2, 2, 256, 8)).astype(np.float32) for _ in range(4))
-    out, cache = attention_forward(q, k, v)
-    _, g = attention_backward(dout, cache)
-    outs, caches = attention_forward(_strict(q), _strict(k), _strict(v))
-    _, gs = attention_backward(_strict(dout), caches)
-    np.testing.assert_allclose(cache.att, backend.to_numpy(caches.att), rtol=1e-5, atol=1e-7)
-    np.testing.assert_allclose(out, backend.to_numpy(outs), rtol=1e-5, atol=1e-6)
-    for n in ("q", "k", "v"):
-        np.testing.assert_allclose(g[n], backend.to_numpy(gs[n]), rtol=1e-4, atol=1e-5)
-    assert float(np.abs(np.triu(cache.att, k=1)).max()) == 0.0  # the future stays masked
 
 
 def test_batched_matmul_equals_the_operator():
@@ -83,14 +52,14 @@ def test_batched_matmul_equals_the_operator():
     a = gen.standard_normal((4, 160, 3, 32)).astype(np.float32).transpose(0, 2, 1, 3)  # strided
     b = gen.standard_normal((4, 3, 160, 32)).astype(np.float32)
     bt = np.swapaxes(b, -1, -2)
-    for min_size in (1, backend.ROWWISE_MIN_SIZE):
-        backend.ROWWISE_MIN_SIZE, saved = min_size, backend.ROWWISE_MIN_SIZE
+    for min_size in (1, runtime.ROWWISE_MIN_SIZE):
+        runtime.ROWWISE_MIN_SIZE, saved = min_size, runtime.ROWWISE_MIN_SIZE
         try:
-            np.testing.assert_allclose(backend.batched_matmul(a, bt), a @ bt, rtol=1e-5, atol=1e-5)
+            np.testing.assert_allclose(runtime.batched_matmul(a, bt), a @ bt, rtol=1e-5, atol=1e-5)
         finally:
-            backend.ROWWISE_MIN_SIZE = saved
+            runtime.ROWWISE_MIN_SIZE = saved
     sa, sb = _strict(np.ascontiguousarray(a)), _strict(b)  # other namespaces: the plain operator
-    got = backend.batched_matmul(sa, array_api_strict.matrix_transpose(sb))
+    got = runtime.batched_matmul(sa, array_api_strict.matrix_transpose(sb))
     np.testing.assert_allclose(backend.to_numpy(got), a @ bt, rtol=1e-5, atol=1e-5)
 
 
@@ -98,11 +67,11 @@ def test_batched_matmul_equals_the_operator():
 def test_rowwise_works_in_a_forked_child(monkeypatch):
     import multiprocessing
 
-    monkeypatch.setattr(backend, "ROWWISE_MIN_SIZE", 1)
-    monkeypatch.setattr(backend, "THREADS", 2)
+    monkeypatch.setattr(runtime, "ROWWISE_MIN_SIZE", 1)
+    monkeypatch.setattr(runtime, "THREADS", 2)
     a = np.arange(12.0).reshape(6, 2)
     out = np.zeros_like(a)
-    backend.rowwise(_axpy, a, a, out)  # the parent's pool exists now
+    runtime.rowwise(_axpy, a, a, out)  # the parent's pool exists now
     ctx = multiprocessing.get_context("fork")
     with ctx.Pool(1) as pool:  # the child must build its own pool, not wait on the parent's
         got = pool.apply_async(_rowwise_in_child).get(timeout=30)
@@ -110,10 +79,10 @@ def test_rowwise_works_in_a_forked_child(monkeypatch):
 
 
 def _rowwise_in_child():
-    backend.ROWWISE_MIN_SIZE, backend.THREADS = 1, 2
+    runtime.ROWWISE_MIN_SIZE, runtime.THREADS = 1, 2
     a = np.arange(12.0).reshape(6, 2)
     out = np.zeros_like(a)
-    backend.rowwise(_axpy, a, a, out)
+    runtime.rowwise(_axpy, a, a, out)
     return out
 
 
@@ -128,8 +97,8 @@ def test_batched_matmul_from_several_threads_leaves_blas_threads_as_they_were(mo
     # (Only detectable where BLAS starts with more than one thread.)
     import threading
 
-    monkeypatch.setattr(backend, "ROWWISE_MIN_SIZE", 1)
-    monkeypatch.setattr(backend, "THREADS", 2)
+    monkeypatch.setattr(runtime, "ROWWISE_MIN_SIZE", 1)
+    monkeypatch.setattr(runtime, "THREADS", 2)
     gen = np.random.default_rng(4)
     a = gen.standard_normal((4, 2, 24, 16)).astype(np.float32)
     b = gen.standard_normal((4, 2, 16, 20)).astype(np.float32)
@@ -139,7 +108,7 @@ def test_batched_matmul_from_several_threads_leaves_blas_threads_as_they_were(mo
 
     def work():
         for _ in range(150):
-            got = backend.batched_matmul(a, b)
+            got = runtime.batched_matmul(a, b)
             if not np.allclose(got, want, rtol=1e-5, atol=1e-5):
                 wrong.append(got)
 
@@ -156,8 +125,8 @@ def test_rowwise_waits_for_the_workers_when_the_callers_block_raises(monkeypatch
     import threading
     import time
 
-    monkeypatch.setattr(backend, "ROWWISE_MIN_SIZE", 1)
-    monkeypatch.setattr(backend, "THREADS", 2)
+    monkeypatch.setattr(runtime, "ROWWISE_MIN_SIZE", 1)
+    monkeypatch.setattr(runtime, "THREADS", 2)
     worker_done = threading.Event()
 
     def fail_first_block(a, out):
@@ -170,7 +139,7 @@ def test_rowwise_waits_for_the_workers_when_the_callers_block_raises(monkeypatch
     a = np.arange(8.0).reshape(4, 2)
     out = np.zeros_like(a)
     with pytest.raises(ValueError, match="first block failed"):
-        backend.rowwise(fail_first_block, a, out)
+        runtime.rowwise(fail_first_block, a, out)
     assert worker_done.is_set()  # finished before rowwise raised, not after
     np.testing.assert_array_equal(out[2:], 1.0)
 
@@ -184,15 +153,15 @@ def test_rowwise_pool_is_built_once_when_first_calls_race(monkeypatch):
         time.sleep(0.05)
         return ThreadPoolExecutor(*args, **kwargs)
 
-    monkeypatch.setattr(backend, "ThreadPoolExecutor", slow_executor)
-    monkeypatch.setattr(backend, "_pool", None)
-    monkeypatch.setattr(backend, "_pool_size", 0)
+    monkeypatch.setattr(runtime, "ThreadPoolExecutor", slow_executor)
+    monkeypatch.setattr(runtime, "_pool", None)
+    monkeypatch.setattr(runtime, "_pool_size", 0)
     start = threading.Barrier(6)
     pools = []
 
     def first_call():
         start.wait()
-        pools.append(backend._get_pool(1))
+        pools.append(runtime._get_pool(1))
 
     threads = [threading.Thread(target=first_call) for _ in range(6)]
     for t in threads:
@@ -200,17 +169,17 @@ def test_rowwise_pool_is_built_once_when_first_calls_race(monkeypatch):
     for t in threads:
         t.join()
     assert len(pools) == 6 and all(p is pools[0] for p in pools)
-    assert backend._pool is pools[0]
+    assert runtime._pool is pools[0]
 
 
-_real_matmul_into = backend._matmul_into
+_real_matmul_into = runtime._matmul_into
 
 
 def _batched_matmul_in_child():
-    backend._matmul_into = _real_matmul_into  # the parent's is patched to block
-    backend.ROWWISE_MIN_SIZE, backend.THREADS = 1, 2
+    runtime._matmul_into = _real_matmul_into  # the parent's is patched to block
+    runtime.ROWWISE_MIN_SIZE, runtime.THREADS = 1, 2
     a = np.arange(2 * 2 * 3 * 3, dtype=np.float64).reshape(2, 2, 3, 3)
-    got = backend.batched_matmul(a, a)
+    got = runtime.batched_matmul(a, a)
     return np.array_equal(got, a @ a), _blas_threads()
 
 
@@ -221,8 +190,8 @@ def test_fork_while_another_thread_holds_the_blas_limit(monkeypatch):
     import multiprocessing
     import threading
 
-    monkeypatch.setattr(backend, "ROWWISE_MIN_SIZE", 1)
-    monkeypatch.setattr(backend, "THREADS", 2)
+    monkeypatch.setattr(runtime, "ROWWISE_MIN_SIZE", 1)
+    monkeypatch.setattr(runtime, "THREADS", 2)
     inside, release = threading.Event(), threading.Event()
 
     def blocking_matmul_into(a, b, out):
@@ -230,10 +199,10 @@ def test_fork_while_another_thread_holds_the_blas_limit(monkeypatch):
         release.wait(30)
         _real_matmul_into(a, b, out)
 
-    monkeypatch.setattr(backend, "_matmul_into", blocking_matmul_into)
+    monkeypatch.setattr(runtime, "_matmul_into", blocking_matmul_into)
     before = _blas_threads()
     a = np.ones((2, 2, 3, 3))
-    holder = threading.Thread(target=backend.batched_matmul, args=(a, a))
+    holder = threading.Thread(target=runtime.batched_matmul, args=(a, a))
     holder.start()
     try:
         assert inside.wait(30)

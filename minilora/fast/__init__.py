@@ -1,0 +1,82 @@
+"""The fast layer: the same pairs as ``minilora.functional``, in place and split across cores.
+
+``minilora.functional`` is the reference: every pair written as its equation. The pairs here have
+the same signatures and return the same caches; they trade readability for speed (``out=``
+writes, in-place sequences, row blocks on every core, one-thread BLAS per core for attention's
+small products). Each is proven equal to its reference by ``tests/test_fast.py``.
+
+Which one runs is this table, and nothing else. The modules in ``minilora.nn`` and the
+optimizer ask ``pair(name)`` (or ``update(name)``) at every call, so a change takes effect at
+once::
+
+    import minilora.fast
+    minilora.fast.USE_FAST["gelu"] = False      # one layer on its reference
+    with minilora.fast.reference():             # everything on the reference pairs
+        loss = ml.train_step(model, opt, x, y)
+
+A pair is fast by default where it was measured faster (docs/performance.md). A forward and
+its backward come from the same row, so a cache always meets the backward that understands it.
+"""
+from __future__ import annotations
+
+import contextlib
+
+from ..functional import activations as ref_activations
+from ..functional import attention as ref_attention
+from ..functional import layernorm as ref_layernorm
+from ..functional import linear as ref_linear
+from ..functional import lora as ref_lora
+from ..functional import optim as ref_optim
+from . import activations, attention, layernorm, linear
+from . import optim as fast_optim
+
+# name: (reference (forward, backward), fast (forward, backward))
+PAIRS = {
+    "linear": ((ref_linear.linear_forward, ref_linear.linear_backward),
+               (linear.linear_forward, linear.linear_backward)),
+    "lora": ((ref_lora.lora_forward, ref_lora.lora_backward),
+             (linear.lora_forward, linear.lora_backward)),
+    "relu": ((ref_activations.relu_forward, ref_activations.relu_backward),
+             (activations.relu_forward, activations.relu_backward)),
+    "gelu": ((ref_activations.gelu_forward, ref_activations.gelu_backward),
+             (activations.gelu_forward, activations.gelu_backward)),
+    "layernorm": ((ref_layernorm.layernorm_forward, ref_layernorm.layernorm_backward),
+                  (layernorm.layernorm_forward, layernorm.layernorm_backward)),
+    "attention": ((ref_attention.attention_forward, ref_attention.attention_backward),
+                  (attention.attention_forward, attention.attention_backward)),
+}
+# name: (reference update, fast update)
+UPDATES = {
+    "adamw": (ref_optim.adamw_update, fast_optim.adamw_update),
+}
+
+# The switch: True runs the fast version. Every entry is measured faster on NumPy.
+USE_FAST = {name: True for name in (*PAIRS, *UPDATES)}
+
+
+def pair(name: str):
+    """``(forward, backward)`` for layer ``name``: fast or reference, as ``USE_FAST`` says."""
+    reference, fast = PAIRS[name]
+    return fast if USE_FAST[name] else reference
+
+
+def update(name: str):
+    """The optimizer update ``name``: fast or reference, as ``USE_FAST`` says."""
+    reference, fast = UPDATES[name]
+    return fast if USE_FAST[name] else reference
+
+
+@contextlib.contextmanager
+def reference(*names):
+    """Run ``names`` (default: every pair and update) on the reference inside the block; the
+    switch is restored on exit."""
+    saved = dict(USE_FAST)
+    for name in names or USE_FAST:
+        if name not in USE_FAST:
+            raise KeyError(f"minilora.fast.reference: unknown name {name!r}; names are {sorted(USE_FAST)}")
+        USE_FAST[name] = False
+    try:
+        yield
+    finally:
+        USE_FAST.clear()
+        USE_FAST.update(saved)

@@ -1,0 +1,144 @@
+"""The fast layer's runtime: threads for elementwise work, BLAS thread control, ``out=`` writes.
+
+None of this is math; it is how the fast pairs in ``minilora/fast/`` make NumPy go faster:
+
+- ``has_out(xp)`` / ``write(out, fn, *args)``: ``fn(*args, out=out)`` where the library takes
+  ``out=`` (NumPy, CuPy), a plain assignment elsewhere (the array API has no ``out=``);
+- ``rowwise(fn, *arrays)``: an in-place, row-by-row function split into row blocks that run on
+  ``THREADS`` threads (NumPy's ufuncs release the GIL);
+- ``batched_matmul(a, b)``: attention's stacks of small products split across cores, each core
+  running one-thread BLAS (threadpoolctl, a required dependency);
+- fork safety: a forked child gets fresh locks, no pool and its BLAS thread count back.
+"""
+from __future__ import annotations
+
+import os
+import threading
+from concurrent.futures import ThreadPoolExecutor, wait
+
+import numpy as np
+from threadpoolctl import ThreadpoolController
+
+from ..backend import namespace
+
+
+def write(out, fn, *args) -> None:
+    """``out[...] = fn(*args)``, without the temporary where the library allows it:
+    NumPy and CuPy take ``fn(*args, out=out)``; other namespaces (the array API has no ``out=``)
+    get the plain assignment."""
+    if has_out(out.__array_namespace__()):
+        fn(*args, out=out)
+    else:
+        out[...] = fn(*args)
+
+
+def has_out(xp) -> bool:
+    """True if ``xp``'s elementwise functions take ``out=`` (NumPy and CuPy; the array API
+    standard has no ``out=``, so code must keep a plain fallback for other namespaces)."""
+    return getattr(xp, "__name__", "") in ("numpy", "cupy")
+
+
+# Elementwise work runs on this many threads (NumPy only). NumPy's ufuncs release the GIL, so
+# plain Python threads run them in parallel; BLAS already uses every core for the products.
+THREADS = min(8, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
+ROWWISE_MIN_SIZE = 1 << 18  # below ~256k elements a thread hand-off costs more than it saves
+_pool, _pool_size = None, 0
+_pool_lock = threading.Lock()  # two threads' first calls must not both build (and swap) a pool
+
+
+def _get_pool(workers: int) -> ThreadPoolExecutor:
+    """The shared pool, made once; again if THREADS grows (a forked child starts without one)."""
+    global _pool, _pool_size
+    with _pool_lock:
+        if _pool is None or _pool_size < workers:
+            _pool = ThreadPoolExecutor(workers, thread_name_prefix="minilora-rowwise")
+            _pool_size = workers
+        return _pool
+
+
+def rowwise(fn, *arrays):
+    """Call ``fn(*arrays)``, on NumPy split into row blocks that run on ``THREADS`` threads.
+
+    ``fn`` must work row by row and in place: row i of what it writes depends only on row i
+    (axis 0) of each array, and it returns nothing. The first array decides the rows; every
+    array shares its axis-0 length. Other namespaces (CuPy is already parallel, array-API
+    strict), small arrays and a single core get the plain call ``fn(*arrays)``. It returns, or
+    raises (the first block's exception, else the first failed worker's), only once every
+    block has finished.
+    """
+    n = arrays[0].shape[0]
+    threads = min(THREADS, n)
+    if threads < 2 or namespace(*arrays) is not np or arrays[0].size < ROWWISE_MIN_SIZE:
+        fn(*arrays)
+        return
+    pool = _get_pool(threads - 1)
+    cuts = [n * i // threads for i in range(threads + 1)]
+    blocks = [[a[lo:hi] for a in arrays] for lo, hi in zip(cuts[:-1], cuts[1:])]
+    jobs = []
+    try:
+        for b in blocks[1:]:
+            jobs.append(pool.submit(fn, *b))
+        fn(*blocks[0])  # the first block on this thread, while the pool runs the others
+    finally:
+        # even when fn (or a submit) raised: no worker may still be writing once we return
+        wait(jobs)
+    for job in jobs:
+        job.result()  # re-raises an exception from a worker
+
+
+def _matmul_into(a, b, out):
+    np.matmul(a, b, out=out)
+
+
+_blas_controller = None  # threadpoolctl's controller, found on first use
+# BLAS's thread count is process-wide, and a limit saves the count it finds on entry and puts
+# it back on exit. Two overlapping limits on two threads therefore break it: the second saves
+# the first's 1 and "restores" it last, leaving BLAS on one thread for good. (A shared count
+# with the first entry lowering and the last exit restoring fails too: threadpoolctl 3.8 lets
+# only one thread at a time set a pthreads OpenBLAS's count, and the last out may not be it.)
+# So one product at a time holds the limit, set and restored on the same thread. A caller
+# waiting here loses little: the product it waits for already uses THREADS cores.
+_blas_lock = threading.Lock()
+_blas_limiter = None  # the limit in force while _blas_lock is held (for a forked child)
+
+
+def batched_matmul(a, b):
+    """``a @ b`` for two stacks of matrices (..., m, k) and (..., k, n) with the same leading axes.
+
+    Attention's products are stacks of small matrices ((B, H) of them, T x hd), and OpenBLAS
+    runs each small product on every core with a hand-off per product: at d256 that made them
+    2x slower than one thread. On NumPy the stack is split across
+    ``THREADS`` threads instead, each running one-thread BLAS on its share of the matrices
+    (d256: 2.6 -> 0.9 ms per product; d768: 8.7 -> 3.8 ms). Anything else is a plain ``a @ b``.
+    Safe from several threads at once: their split products take turns (see ``_blas_lock``).
+    """
+    global _blas_controller, _blas_limiter
+    if (namespace(a, b) is not np or a.ndim < 3 or a.shape[:-2] != b.shape[:-2]
+            or THREADS < 2 or a.shape[0] < 2 or a.size < ROWWISE_MIN_SIZE):
+        return a @ b
+    if _blas_controller is None:
+        _blas_controller = ThreadpoolController()  # finds the BLAS libraries once
+    out = np.empty(a.shape[:-1] + b.shape[-1:], dtype=np.result_type(a, b))
+    with _blas_lock, _blas_controller.limit(limits=1, user_api="blas") as limiter:
+        _blas_limiter = limiter
+        try:
+            rowwise(_matmul_into, a, b, out)  # returns only when every block is done
+        finally:
+            _blas_limiter = None
+    return out  # the limit was lifted on the way out of the with, on this thread
+
+
+def _reset_in_forked_child():
+    """A fork copies only the forking thread: a lock another thread held stays held for good,
+    and a pool's threads are gone. So the child gets new locks and no pool, and if a product
+    on another thread had BLAS limited at the fork, the child's BLAS gets its count back."""
+    global _pool, _pool_size, _pool_lock, _blas_lock, _blas_limiter
+    _pool, _pool_size = None, 0
+    _pool_lock, _blas_lock = threading.Lock(), threading.Lock()
+    if _blas_limiter is not None:
+        limiter, _blas_limiter = _blas_limiter, None
+        limiter.__exit__(None, None, None)  # restores the count it found on entry
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_reset_in_forked_child)
