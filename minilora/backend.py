@@ -63,10 +63,18 @@ def namespace(*arrays):
 def dtype_name(x) -> str:
     """'float32', 'int64', ... for any backend's array."""
     d = x.dtype
+    if isinstance(d, np.dtype):  # NumPy and CuPy; NumPy computes dtype.name on every access
+        name = _NUMPY_DTYPE_NAMES.get(d)
+        if name is None:
+            name = _NUMPY_DTYPE_NAMES[d] = d.name
+        return name
     name = getattr(d, "name", None)
     if isinstance(name, str):
         return name
     return str(d).rsplit(".", 1)[-1]  # array_api_strict.float32 -> float32
+
+
+_NUMPY_DTYPE_NAMES: dict = {}
 
 
 # ----------------------------------------------------------------------------- devices

@@ -13,7 +13,7 @@ from __future__ import annotations
 import math
 import numbers
 
-from .backend import FLOAT_DTYPES, dtype_name
+from .backend import FLOAT_DTYPES, dtype_name, namespace
 
 # ----------------------------------------------------------------------------- numbers
 
@@ -53,20 +53,26 @@ def in_range(owner: str, name: str, v, lo: float, hi: float) -> float:
 # ----------------------------------------------------------------------------- arrays
 
 
-def check_float(name: str, x, layer: str) -> None:
-    """Raise ``TypeError`` unless ``x`` is a real floating array (float16/32/64)."""
+def check_float(name: str, x, layer: str) -> str:
+    """Raise ``TypeError`` unless ``x`` is a real floating array (float16/32/64); returns its
+    dtype's name."""
     if not hasattr(x, "__array_namespace__"):
         raise TypeError(f"{layer}: argument '{name}' must be an array, got {type(x).__name__}")
-    if dtype_name(x) not in FLOAT_DTYPES:
+    dtype = dtype_name(x)
+    if dtype not in FLOAT_DTYPES:
         raise TypeError(
             f"{layer}: argument '{name}' must be a floating array (float16/32/64), "
-            f"got dtype {dtype_name(x)} with shape {tuple(x.shape)}"
+            f"got dtype {dtype} with shape {tuple(x.shape)}"
         )
+    return dtype
 
 
 def check_same_dtype(layer: str, **arrays) -> None:
     """Raise ``TypeError`` if the named arrays do not share one dtype (no silent upcasts)."""
-    named = {k: dtype_name(v) for k, v in arrays.items() if v is not None}
+    _same_dtype(layer, {k: dtype_name(v) for k, v in arrays.items() if v is not None})
+
+
+def _same_dtype(layer: str, named: dict) -> None:
     if len(set(named.values())) > 1:
         desc = ", ".join(f"{k}: {v}" for k, v in named.items())
         raise TypeError(f"{layer}: arrays must share one dtype, got {desc}")
@@ -74,13 +80,9 @@ def check_same_dtype(layer: str, **arrays) -> None:
 
 def floats(layer: str, **arrays) -> None:
     """Every named array (``None`` skipped) is floating, and they share one dtype and backend."""
-    from .backend import namespace  # noqa: PLC0415  (mixed backends: namespace raises)
-
-    for name, a in arrays.items():
-        if a is not None:
-            check_float(name, a, layer)
-    check_same_dtype(layer, **arrays)
-    namespace(*arrays.values())
+    named = {k: check_float(k, a, layer) for k, a in arrays.items() if a is not None}
+    _same_dtype(layer, named)
+    namespace(*arrays.values())  # raises if the arrays come from two backends
 
 
 def check_ids(ids, V: int, layer: str = "embedding", name: str = "ids") -> None:
@@ -115,9 +117,10 @@ def check_dout(layer: str, dout, expected_shape) -> None:
 # ----------------------------------------------------------------------------- one per pair
 
 
-def linear_inputs(layer: str, x, W, b) -> None:
-    """y = x Wᵀ + b needs x (..., d_in), W (d_out, d_in), b (d_out,) or None, one dtype."""
-    floats(layer, x=x, W=W, b=b)
+def linear_inputs(layer: str, x, W, b, **more) -> None:
+    """y = x Wᵀ + b needs x (..., d_in), W (d_out, d_in), b (d_out,) or None, one dtype (shared
+    with the arrays in ``more``)."""
+    floats(layer, x=x, W=W, b=b, **more)
     if W.ndim != 2:
         raise ValueError(f"{layer}: W must be 2-D (d_out, d_in), got shape {tuple(W.shape)}")
     if x.ndim < 1 or x.shape[-1] != W.shape[1]:
@@ -133,8 +136,7 @@ def linear_inputs(layer: str, x, W, b) -> None:
 
 def lora_inputs(layer: str, x, W, b, A, B, mask) -> None:
     """The linear's checks, plus A (r, d_in), B (d_out, r) with one r and a mask shaped like x."""
-    linear_inputs(layer, x, W, b)
-    floats(layer, x=x, W=W, A=A, B=B, mask=mask)
+    linear_inputs(layer, x, W, b, A=A, B=B, mask=mask)
     d_out, d_in = W.shape
     r = A.shape[0] if A.ndim else None
     if A.ndim != 2 or tuple(A.shape) != (r, d_in) or tuple(B.shape) != (d_out, r):

@@ -155,13 +155,16 @@ class Module:
         return self
 
     def zero_grad(self) -> None:
-        for _, m in self.named_modules():
-            m.grads = {}
+        self.grads = {}
+        for child in self.children.values():
+            child.zero_grad()
 
     # ------------------------------------------------------------------ which gradients
     def has_trainable(self) -> bool:
         """True if any parameter in this module's subtree is trainable."""
-        return any(k not in m.frozen for _, m in self.named_modules() for k in m.params)
+        if any(k not in self.frozen for k in self.params):
+            return True
+        return any(child.has_trainable() for child in self.children.values())
 
     def trainable_names(self) -> set:
         """Names of this module's own trainable parameters (not its children's)."""
