@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from . import backend, fast
 from .fast.optim import AdamWWork
-from .fast.optim import adamw_update as fast_adamw_update
 
 
 class Optimizer:
@@ -102,12 +101,8 @@ class AdamW(Optimizer):
         params, grads = self._params_and_grads()
         self.t += 1
         update = fast.update("adamw")  # functional/optim.py, or its fast twin
-        options = {"work": self.work, "largest": self._largest} if update is fast_adamw_update else {}
+        options = {"work": self.work} if fast.USE_FAST["adamw"] else {}  # the twin's work array
         for k in self.names:
             m, v = self.state[k]
             update(params[k], grads[k], m, v, self.lr, self.beta1, self.beta2, self.eps,
                    self.weight_decay, self.t, **options)
-
-    @property
-    def _largest(self) -> int:
-        return max(int(a.size) for a, _ in self.state.values())

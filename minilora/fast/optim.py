@@ -2,8 +2,8 @@
 
 The reference's one-line update makes about six parameter-sized temporaries per parameter per
 step, and for full fine-tuning those cost more than the arithmetic. Here m, v and θ are updated
-in place through one reused work array ``w`` (the size of the largest parameter, kept by the
-caller), with the bias corrections folded into two scalars, and big parameters (fc1's W: 2.4M
+in place through one reused work array ``w`` (it grows to the largest parameter and is kept by
+the optimizer), with the bias corrections folded into two scalars, and big parameters (fc1's W: 2.4M
 numbers at d768) get their rows split across cores.
 """
 from __future__ import annotations
@@ -21,21 +21,21 @@ class AdamWWork:
     def __init__(self):
         self.buffer = None
 
-    def like(self, p, largest: int):
+    def like(self, p):
         xp = namespace(p)
         n = math.prod(p.shape)
         b = self.buffer
         if b is None or b.size < n or b.dtype != p.dtype or namespace(b) is not xp:
-            self.buffer = xp.empty(max(largest, n), dtype=p.dtype)
+            self.buffer = xp.empty(n, dtype=p.dtype)
         return xp.reshape(self.buffer[:n], p.shape)
 
 
 def adamw_update(p, g, m, v, lr: float, beta1: float, beta2: float, eps: float,
-                 weight_decay: float, t: int, work: AdamWWork | None = None, largest: int = 0) -> None:
+                 weight_decay: float, t: int, work: AdamWWork | None = None) -> None:
     """``functional.optim.adamw_update``, in place; ``work`` keeps the work array between calls."""
     if weight_decay:
         p *= 1.0 - lr * weight_decay
-    w = (work or AdamWWork()).like(p, largest)
+    w = (work or AdamWWork()).like(p)
     step = lr / (1.0 - beta1**t)  # lr / (1−β₁ᵗ)
     rsqrt_c2 = 1.0 / math.sqrt(1.0 - beta2**t)  # 1 / √(1−β₂ᵗ)
     rowwise(partial(_update_rows, beta1=beta1, beta2=beta2, eps=eps, step=step, rsqrt_c2=rsqrt_c2),

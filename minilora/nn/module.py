@@ -52,7 +52,41 @@ class Module:
             return d["params"][name]
         if "children" in d and name in d["children"]:
             return d["children"][name]
+        if name == "cache":
+            raise RuntimeError(f"{self.label}: backward called before forward (no cache to use)")
         raise AttributeError(f"{type(self).__name__} has no attribute or parameter {name!r}")
+
+    def __setattr__(self, name, value):
+        # ``layer.W = arr`` sets the parameter (same shape, dtype and device), instead of
+        # creating a plain attribute the forward would never read; ``mlp.fc1 = m`` the child.
+        d = self.__dict__
+        if "params" in d and name in d["params"]:
+            self.set_parameter(name, value)
+        elif "children" in d and name in d["children"]:
+            if not isinstance(value, Module):
+                raise TypeError(f"{self.label}: child {name!r} must be a Module, got {type(value).__name__}")
+            d["children"][name] = value
+        else:
+            object.__setattr__(self, name, value)
+
+    def set_parameter(self, name: str, value) -> None:
+        """Replace parameter ``name`` by ``value``: same shape, dtype and device, or an error
+        naming all three and nothing changed. Clears this module's grads and cache."""
+        old = self.params[name]
+        if not hasattr(value, "__array_namespace__"):
+            raise TypeError(f"{self.label}: parameter {name!r} must be an array, got {type(value).__name__}")
+        same = (tuple(value.shape) == tuple(old.shape)
+                and backend.dtype_name(value) == backend.dtype_name(old)
+                and backend.namespace(value) is backend.namespace(old))
+        if not same:
+            raise ValueError(
+                f"{self.label}: parameter {name!r} is {tuple(old.shape)} {backend.dtype_name(old)} on "
+                f"{backend.device_name(old)}; got {tuple(value.shape)} {backend.dtype_name(value)} on "
+                f"{backend.device_name(value)} (cast with .astype / move with backend.move first)"
+            )
+        self.params[name] = value
+        self.grads.pop(name, None)
+        self.clear_cache()
 
     @property
     def label(self) -> str:
