@@ -122,9 +122,9 @@ def test_delete_adapter_and_refusal_when_merged(xp):
     ad.add_adapter(m, "other", targets=["fc1"], r=1, alpha=1)
     ad.delete_adapter(m, "other")
     assert list(ad.list_adapters(m)) == ["task"]
-    ad.merge_adapter(m, "task")
+    m.merge("task")
     before = snapshot(m)
-    with pytest.raises(ValueError, match="merged"):
+    with pytest.raises(ValueError, match=r"merged into W; unmerge\(\) first"):  # names the surviving door
         ad.delete_adapter(m, "task")
     assert snapshot(m) == before
     with pytest.raises(KeyError):
@@ -139,10 +139,10 @@ def test_merge_matches_unmerged_forward_and_unmerge_restores(xp):
     x = x_in(xp, dtype="float64")
     y = host(m(x))
     W0 = host(m.fc1.base.W).copy()
-    ad.merge_adapter(m, "task")
+    m.merge("task")
     assert {p: l.merged for p, l in m.lora_layers().items()} == {"fc1": "task", "fc2": "task"}
     np.testing.assert_allclose(host(m(x)), y, rtol=1e-12, atol=1e-12)
-    ad.unmerge_adapter(m)
+    m.unmerge()
     np.testing.assert_allclose(host(m.fc1.base.W), W0, rtol=0, atol=1e-14)
 
 
@@ -153,7 +153,7 @@ def test_safe_merge_checks_all_layers_before_changing_any(xp):
     fc2.params["B"] = fc2.params["B"] * 0 + 3e38  # fc2's merge overflows; fc1's alone would be fine
     before = snapshot(m)
     with pytest.raises(FloatingPointError, match="fc2"):
-        ad.merge_adapter(m, "task")
+        m.merge("task")
     assert snapshot(m) == before  # fc1 (merged first in a naive loop) is untouched too
 
 
@@ -168,7 +168,7 @@ def test_merge_drift_reports_each_dtype_and_matches_a_real_merge(xp):
     # The function replays exactly what merge/unmerge do: the model's own float32 round trip lands
     # on the same W, so the measured error is identical.
     W0 = {p: host(l.base.params["W"]).astype(np.float64) for p, l in m.lora_layers().items()}
-    ad.merge_adapter(m, "task"), ad.unmerge_adapter(m, "task")
+    m.merge("task"), m.unmerge()
     real = {p: float(np.max(np.abs(host(l.base.params["W"]).astype(np.float64) - W0[p])))
             for p, l in m.lora_layers().items()}
     assert real == drift["float32"]["per_layer"]
@@ -228,7 +228,7 @@ def test_fingerprint_ignores_lora_and_wrapping_but_not_the_base():
 
 def test_save_while_merged_then_load_on_fresh_base(tmp_path):
     m = trained()
-    ad.merge_adapter(m, "task")
+    m.merge("task")
     ad.save_adapter(m, tmp_path, adapter="task")
     out = ad.load_adapter(mlp(), tmp_path, adapter_name="task")
     assert out["fingerprint"] in ("exact", "rounding")  # W − ΔW is the base up to rounding
@@ -471,7 +471,7 @@ def test_concat_delta_is_the_weighted_sum(xp):
         np.testing.assert_allclose(delta(m, "ab", p), want, rtol=1e-12, atol=1e-12)
     x = x_in(xp, 8, "float64")
     y = host(m(x))  # "ab" active: runs like a model holding ΔW_a·0.7 − 1.3·ΔW_b
-    ad.merge_adapter(m, "ab")
+    m.merge("ab")
     np.testing.assert_allclose(host(m(x)), y, rtol=1e-10, atol=1e-12)
 
 

@@ -1,0 +1,50 @@
+"""Adapters as tasks and as files: one frozen base, many small named adapters.
+
+Each LoRA layer (``LoRALinear``) holds named adapters; this package acts on all layers of a
+model at once, one public function per verb:
+
+    add_adapter(model, "rotated", targets=["fc1", "fc2"], r=4, alpha=8)
+    set_active(model, "rotated")            # layers without it run the base alone
+    with adapters_disabled(model): ...      # base only, previous state restored on exit
+    model.merge("rotated")                  # W ← W + ΔW on every layer, or on none (nn/lora.py)
+    model.unmerge()
+    save_adapter(model, "runs/rotated", adapter="rotated")
+    load_adapter(model, "runs/rotated", adapter_name="rotated")
+    combine_adapters(model, {"a": 1, "b": 1}, "a+b", how="concat")
+
+  named.py        named adapters across layers: add, list, switch, delete; merge drift
+  files.py        the PEFT file format: adapter_config.json, adapter_model.safetensors
+  fingerprint.py  which base an adapter file belongs to
+  combine.py      a new adapter from weighted adapters (concat, svd, linear)
+  errors.py       AdapterError
+
+``numpy`` is not imported here: arrays cross to the host through ``backend.to_numpy`` for hashing
+and file I/O, and come back through ``backend.from_numpy``; all math uses the model's namespace.
+"""
+from .combine import combine_adapters
+from .errors import AdapterError
+from .files import (CONFIG_NAME, KEY_RE, PREFIX, WEIGHTS_NAME, adapter_tensors, load_adapter,
+                    read_adapter, save_adapter)
+from .fingerprint import base_fingerprint
+from .named import (AdapterInfo, active_adapters, adapters_disabled, add_adapter, delete_adapter,
+                    list_adapters, merge_drift, restore_active, set_active)
+
+__all__ = [
+    "AdapterError", "AdapterInfo", "CONFIG_NAME", "KEY_RE", "PREFIX", "WEIGHTS_NAME",
+    "active_adapters", "adapter_tensors", "adapters_disabled", "add_adapter", "base_fingerprint",
+    "combine_adapters", "delete_adapter", "list_adapters", "load_adapter", "merge_drift",
+    "read_adapter", "restore_active", "save_adapter", "set_active",
+]
+
+
+# Transitional, for minilora/crosscheck.py only (being rewritten; it still calls these two).
+# The door is ``model.merge(name)`` / ``model.unmerge()``: delete both once crosscheck.py uses it.
+def merge_adapter(model, name: str):
+    return model.merge(name)
+
+
+def unmerge_adapter(model, name: str | None = None):
+    for m in model.lora_layers().values():
+        if m.merged is not None and (name is None or m.merged == name):
+            m.unmerge()
+    return model

@@ -1,0 +1,378 @@
+"""The PEFT file format: an adapter as ``adapter_model.safetensors`` + ``adapter_config.json``.
+
+A minilora module path *is* the attribute path of the same layer in the equivalent PyTorch
+model (``fc1``, ``blocks.0.attn.q``), so minilora's ``<path>.lora.<name>.A`` (r, d_in) and ``.B``
+(d_out, r) are saved as PEFT's ``base_model.model.<path>.lora_A.weight`` and
+``base_model.model.<path>.lora_B.weight`` — same orientation, no transpose (docs/adapters.md).
+This file builds and parses the config, saves a pair atomically, and reads and validates one
+against a model before ``load_adapter`` changes anything.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+from collections import Counter
+
+from .. import backend
+from .. import safetensors as st
+from ..checks import check_adapter_options, check_lora
+from ..nn.lora import LoRALinear, layers_with, linear_paths, lora_layers
+from .errors import AdapterError
+from .fingerprint import _check_fingerprint, _sketch, base_fingerprint
+from .named import _install, _Plan, list_adapters, set_active
+
+WEIGHTS_NAME = "adapter_model.safetensors"
+CONFIG_NAME = "adapter_config.json"
+PREFIX = "base_model.model."
+# base_model.model.<path>.lora_A.weight, tolerating PEFT's in-memory form lora_A.<adapter>.weight
+KEY_RE = re.compile(r"base_model\.model\.(?P<path>.+?)\.lora_(?P<AB>[AB])(?:\.(?P<name>[^.]+))?\.weight")
+INIT_TO_PEFT = {"gaussian": "gaussian", "kaiming_uniform": True}
+FLOAT_TAGS = {"F16": "float16", "F32": "float32", "F64": "float64", "BF16": "float32"}
+
+
+# ============================================================================ config
+
+
+def _is_target(path: str, targets, exclude=None) -> bool:
+    """PEFT's rule: a string is a regex the whole path must match; a list entry must equal the
+    path or be its dotted suffix. ``exclude_modules`` follows the same rule."""
+    if exclude and _is_target(path, exclude):
+        return False
+    if targets == "all-linear":
+        return True
+    if isinstance(targets, str):
+        return re.fullmatch(targets, path) is not None
+    return any(path == t or path.endswith("." + t) for t in targets)
+
+
+def _pattern_value(patterns: dict, path: str, default):
+    """PEFT's rank_pattern/alpha_pattern rule: the first key ``k`` with ``(.*\\.)?(k)$`` matching."""
+    for key, value in patterns.items():
+        if re.match(rf"(.*\.)?({key})$", path):
+            return value
+    return default
+
+
+def _pattern_key(path: str, candidates) -> str:
+    """A rank/alpha pattern key selecting exactly ``path`` among ``candidates`` (PEFT's regex rule)."""
+    if all(q == path or not re.match(rf"(.*\.)?({path})$", q) for q in candidates):
+        return path
+    return "^" + re.escape(path)  # anchored: cannot match as a suffix of a longer path
+
+
+def _target_modules(chosen: list, available: list) -> list:
+    """Short layer names (``["q", "v"]``) if they select exactly ``chosen``; else full paths."""
+    short = sorted({p.rsplit(".", 1)[-1] for p in chosen})
+    if [p for p in available if _is_target(p, short)] == chosen:
+        return short
+    return sorted(chosen)
+
+
+def _tensor_fields_sha(cfg: dict) -> str:
+    """Hash of the config fields the tensors must agree with (stored in the weights' metadata)."""
+    keys = ("peft_type", "r", "lora_alpha", "rank_pattern", "alpha_pattern", "target_modules",
+            "exclude_modules", "use_rslora")
+    text = json.dumps({k: cfg.get(k) for k in keys}, sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _number(x):
+    return int(x) if float(x).is_integer() else float(x)
+
+
+def _build_config(model, name, base_model_name_or_path, task_type) -> dict:
+    ads = [m.adapters[name] for m in layers_with(model, name).values()]  # KeyError if none
+    info = list_adapters(model)[name]
+    for field in ("rslora", "dropout"):
+        if len({getattr(a, field) for a in ads}) > 1:
+            raise AdapterError(f"adapter {name!r}: layers disagree on {field}; PEFT stores one value")
+    r = Counter(info.r.values()).most_common(1)[0][0]
+    alpha = Counter(info.alpha.values()).most_common(1)[0][0]
+    available = linear_paths(model)
+    chosen = list(info.targets)
+    return {
+        "alpha_pattern": {_pattern_key(p, available): _number(a) for p, a in info.alpha.items() if a != alpha},
+        "auto_mapping": None,
+        "base_model_name_or_path": base_model_name_or_path,
+        "bias": "none",
+        "exclude_modules": None,
+        "fan_in_fan_out": False,
+        "inference_mode": True,
+        "init_lora_weights": INIT_TO_PEFT.get(info.init, True),
+        "layer_replication": None,
+        "layers_pattern": None,
+        "layers_to_transform": None,
+        "loftq_config": {},
+        "lora_alpha": _number(alpha),
+        "lora_dropout": info.dropout,
+        "megatron_config": None,
+        "megatron_core": "megatron.core",
+        "modules_to_save": None,
+        "peft_type": "LORA",
+        "r": r,
+        "rank_pattern": {_pattern_key(p, available): rr for p, rr in info.r.items() if rr != r},
+        "revision": None,
+        "target_modules": _target_modules(chosen, available),
+        "task_type": task_type,
+        "use_dora": False,
+        "use_rslora": info.rslora,
+    }
+
+
+# Fields that would change the math; minilora refuses anything but their neutral value.
+UNSUPPORTED = {
+    "bias": ("none",), "fan_in_fan_out": (False,), "use_dora": (False, None), "lora_bias": (False, None),
+    "modules_to_save": (None, []), "layers_to_transform": (None, []), "layer_replication": (None,),
+    "target_parameters": (None, []), "use_qalora": (False, None), "trainable_token_indices": (None,),
+}
+
+
+def _parse_config(cfg, where: str) -> dict:
+    """Check a PEFT LoRA config and return the fields minilora uses."""
+    if not isinstance(cfg, dict):
+        raise AdapterError(f"{where}: must hold a JSON object")
+
+    def bad(key, msg):
+        return AdapterError(f"{where}: key {key!r}: {msg}")
+
+    def positive(v, types) -> bool:  # a positive int (types=int) or number (types=(int, float))
+        return not isinstance(v, bool) and isinstance(v, types) and v > 0
+
+    if cfg.get("peft_type") != "LORA":
+        raise bad("peft_type", f"expected 'LORA', got {cfg.get('peft_type')!r}")
+    for key, ok in UNSUPPORTED.items():
+        if key in cfg and cfg[key] not in ok:
+            raise bad(key, f"{cfg[key]!r} is not supported by minilora (only {ok[0]!r})")
+    r = cfg.get("r")
+    if not positive(r, int):
+        raise bad("r", f"must be a positive int, got {r!r}")
+    alpha = cfg.get("lora_alpha")
+    if not positive(alpha, (int, float)):
+        raise bad("lora_alpha", f"must be a positive number, got {alpha!r}")
+    targets = cfg.get("target_modules")
+    if not (isinstance(targets, str) or (isinstance(targets, list) and targets and all(isinstance(t, str) for t in targets))):
+        raise bad("target_modules", f"must be a string or a non-empty list of strings, got {targets!r}")
+    exclude = cfg.get("exclude_modules")
+    if exclude is not None and not isinstance(exclude, (str, list)):
+        raise bad("exclude_modules", f"must be null, a string or a list, got {exclude!r}")
+    patterns = {}
+    for key in ("rank_pattern", "alpha_pattern"):
+        p = cfg.get(key) or {}
+        if not isinstance(p, dict):
+            raise bad(key, f"must be an object, got {p!r}")
+        for k, v in p.items():
+            try:
+                re.compile(k)
+            except re.error as e:
+                raise bad(key, f"pattern {k!r} is not a valid regex ({e})") from None
+            if key == "rank_pattern" and not positive(v, int):
+                raise bad(key, f"rank for {k!r} must be a positive int, got {v!r}")
+            if key == "alpha_pattern" and not positive(v, (int, float)):
+                raise bad(key, f"alpha for {k!r} must be a positive number, got {v!r}")
+        patterns[key] = p
+    dropout = cfg.get("lora_dropout", 0.0)
+    if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0 <= dropout < 1:
+        raise bad("lora_dropout", f"must lie in [0, 1), got {dropout!r}")
+    rslora = cfg.get("use_rslora", False)
+    if not isinstance(rslora, bool):
+        raise bad("use_rslora", f"must be true or false, got {rslora!r}")
+    init = cfg.get("init_lora_weights", True)
+    return {
+        "r": r, "alpha": float(alpha), "targets": targets, "exclude": exclude,
+        "rank_pattern": patterns["rank_pattern"], "alpha_pattern": patterns["alpha_pattern"],
+        "dropout": float(dropout), "rslora": rslora, "init": "gaussian" if init == "gaussian" else "kaiming_uniform",
+    }
+
+
+# ============================================================================ save
+
+
+def adapter_tensors(model, adapter: str = "default") -> dict:
+    """``{PEFT key: NumPy array}`` of one adapter: A and B exactly as stored (no transpose, no copy
+    of the math, only a move to the host)."""
+    out = {}
+    for path, m in layers_with(model, adapter).items():
+        ad = m.adapters[adapter]
+        out[f"{PREFIX}{path}.lora_A.weight"] = backend.to_numpy(ad.params["A"])  # (r, d_in)
+        out[f"{PREFIX}{path}.lora_B.weight"] = backend.to_numpy(ad.params["B"])  # (d_out, r)
+    return out
+
+
+def save_adapter(model, directory, adapter: str = "default", base_model_name_or_path=None,
+                 task_type=None) -> dict:
+    """Save one adapter as a PEFT directory: ``adapter_model.safetensors`` + ``adapter_config.json``.
+
+    Atomic per file, consistent as a pair: both files are fully written to temporary files in
+    ``directory`` (flushed and fsynced) before either is renamed over its old version, so a
+    failure while writing leaves the previous adapter untouched. The weights carry a hash of the
+    config fields they depend on, so the one remaining window — a crash between the two renames —
+    is detected at load time instead of giving a silently mixed pair.
+    Returns ``{"weights": path, "config": path, "bytes": size of the weights file}``.
+    """
+    directory = os.fspath(directory)
+    cfg = _build_config(model, adapter, base_model_name_or_path, task_type)
+    tensors = adapter_tensors(model, adapter)
+    metadata = {
+        "format": "pt",
+        "minilora.adapter": adapter,
+        "minilora.base_sha256": base_fingerprint(model),
+        "minilora.base_sketch": json.dumps(_sketch(model), separators=(",", ":")),
+        "minilora.config_sha256": _tensor_fields_sha(cfg),
+    }
+    weights_bytes = st.serialize(tensors, metadata)
+    config_bytes = (json.dumps(cfg, indent=2, sort_keys=True) + "\n").encode()
+    os.makedirs(directory, exist_ok=True)
+    weights, config = os.path.join(directory, WEIGHTS_NAME), os.path.join(directory, CONFIG_NAME)
+    staged = []
+    try:
+        staged.append(st.stage(weights, weights_bytes))
+        staged.append(st.stage(config, config_bytes))
+    except BaseException:
+        for tmp in staged:
+            os.unlink(tmp)
+        raise
+    os.replace(staged[0], weights)  # window: a crash here leaves new weights + old config,
+    os.replace(staged[1], config)   # which load_adapter rejects (config hash in the metadata)
+    st.fsync_dir(os.path.abspath(directory))
+    return {"weights": weights, "config": config, "bytes": len(weights_bytes)}
+
+
+# ============================================================================ load
+
+
+def read_adapter(model, directory, adapter_name="default", check_fingerprint=True, activate=True):
+    """Read and validate an adapter directory against ``model`` without changing it.
+
+    Returns ``(plans, config fields, how the fingerprint matched)``; raises ``AdapterError``
+    naming the file and key on the first problem.
+    """
+    directory = os.fspath(directory)
+    wfile, cfile = os.path.join(directory, WEIGHTS_NAME), os.path.join(directory, CONFIG_NAME)
+    for f in (cfile, wfile):
+        if not os.path.isfile(f):
+            raise AdapterError(f"{f}: file not found")
+    try:
+        with open(cfile, "rb") as fh:
+            cfg_raw = json.loads(fh.read().decode("utf-8"))
+    except (UnicodeDecodeError, ValueError) as e:
+        raise AdapterError(f"{cfile}: not valid JSON ({e})") from None
+    cfg = _parse_config(cfg_raw, cfile)
+
+    with open(wfile, "rb") as fh:
+        data = fh.read()
+    try:
+        entries, _, _ = st.parse_header(data, wfile)
+        tensors, meta = st.deserialize(data, wfile)
+    except st.SafetensorsError as e:
+        raise AdapterError(str(e)) from None
+
+    if "minilora.config_sha256" in meta and meta["minilora.config_sha256"] != _tensor_fields_sha(cfg_raw):
+        raise AdapterError(
+            f"{wfile}: key '__metadata__.minilora.config_sha256': the weights were saved with a "
+            f"different {CONFIG_NAME} (interrupted save, or the config was edited)"
+        )
+
+    # --- keys -> (path, A/B)
+    available = linear_paths(model)
+    model_layers = dict(model.named_modules())
+    found = {}
+    for key in tensors:
+        m = KEY_RE.fullmatch(key)
+        if m is None:
+            raise AdapterError(f"{wfile}: key {key!r}: unexpected key (expected {PREFIX}<path>.lora_A.weight "
+                               "or .lora_B.weight)")
+        path, which = m["path"], m["AB"]
+        if (path, which) in found:
+            raise AdapterError(f"{wfile}: key {key!r}: duplicates {found[(path, which)]!r}")
+        if path not in available:
+            raise AdapterError(f"{wfile}: key {key!r}: unexpected key — the model has no linear layer {path!r}")
+        if not _is_target(path, cfg["targets"], cfg["exclude"]):
+            raise AdapterError(f"{wfile}: key {key!r}: unexpected key — layer {path!r} is not in "
+                               f"target_modules {cfg['targets']!r} of {cfile}")
+        found[(path, which)] = key
+
+    targeted = [p for p in available if _is_target(p, cfg["targets"], cfg["exclude"])]
+    if cfg["targets"] == "all-linear":
+        targeted = [p for p in available if (p, "A") in found or (p, "B") in found]
+    if not targeted:
+        raise AdapterError(f"{cfile}: key 'target_modules': {cfg['targets']!r} matches no layer of this model")
+    for p in targeted:
+        for which in "AB":
+            if (p, which) not in found:
+                raise AdapterError(f"{wfile}: missing key {PREFIX}{p}.lora_{which}.weight "
+                                   f"(layer {p!r} is targeted by {cfile})")
+
+    # --- dtypes, shapes, config agreement, values
+    plans = []
+    for p in targeted:
+        layer = model_layers[p]
+        W = (layer.base if isinstance(layer, LoRALinear) else layer).params["W"]
+        d_out, d_in = (int(s) for s in W.shape)
+        want_dtype = backend.dtype_name(W)
+        kA, kB = found[(p, "A")], found[(p, "B")]
+        for k in (kA, kB):
+            tag = entries[k][0]
+            if tag not in FLOAT_TAGS:
+                raise AdapterError(f"{wfile}: key {k!r}: wrong dtype {tag}, expected a float dtype")
+            if FLOAT_TAGS[tag] != want_dtype:
+                raise AdapterError(f"{wfile}: key {k!r}: wrong dtype {tag} ({FLOAT_TAGS[tag]}) for a "
+                                   f"{want_dtype} model; cast the model with .astype() first")
+            if tensors[k].ndim != 2:
+                raise AdapterError(f"{wfile}: key {k!r}: wrong shape {tensors[k].shape}, expected 2-D")
+        A, B = tensors[kA], tensors[kB]
+        if A.shape[1] != d_in:
+            raise AdapterError(f"{wfile}: key {kA!r}: wrong shape {A.shape}, expected (r, d_in) = (r, {d_in})")
+        if B.shape[0] != d_out:
+            raise AdapterError(f"{wfile}: key {kB!r}: wrong shape {B.shape}, expected (d_out, r) = ({d_out}, r)")
+        if A.shape[0] != B.shape[1]:
+            raise AdapterError(f"{wfile}: key {kB!r}: wrong shape {B.shape}: rank {B.shape[1]} differs from "
+                               f"{kA!r} rank {A.shape[0]}")
+        r = _pattern_value(cfg["rank_pattern"], p, cfg["r"])
+        alpha = float(_pattern_value(cfg["alpha_pattern"], p, cfg["alpha"]))
+        if A.shape[0] != r:
+            raise AdapterError(f"{wfile}: key {kA!r}: shape {A.shape} has rank {A.shape[0]} but {cfile} says "
+                               f"r = {r} for layer {p!r} (config disagrees with tensors)")
+        try:
+            check_lora(p, d_in, d_out, r, alpha)
+        except (TypeError, ValueError) as e:
+            raise AdapterError(f"{cfile}: key 'r': {e}") from None
+        for k, a in ((kA, A), (kB, B)):
+            if not backend.is_finite(a):
+                raise AdapterError(f"{wfile}: key {k!r}: contains NaN or Inf")
+        plans.append(_Plan(p, A, B, r, alpha))
+
+    # --- the model side
+    try:
+        check_adapter_options(wfile, name=adapter_name)
+    except ValueError as e:
+        raise AdapterError(str(e)) from None
+    for p in targeted:
+        layer = model_layers[p]
+        if isinstance(layer, LoRALinear) and adapter_name in layer.adapters:
+            raise AdapterError(f"{p}: adapter {adapter_name!r} already exists; delete_adapter() or pick another name")
+    if activate:
+        for p, m in lora_layers(model).items():
+            if m.merged is not None:
+                raise AdapterError(f"{p}: adapter {m.merged!r} is merged into W; unmerge before activating "
+                                   f"{adapter_name!r}")
+    how = _check_fingerprint(model, meta, wfile) if check_fingerprint else "skipped"
+    return plans, cfg, how
+
+
+def load_adapter(model, directory, adapter_name: str = "default", activate: bool = True,
+                 trainable: bool = False, check_fingerprint: bool = True) -> dict:
+    """Load a PEFT LoRA adapter directory onto ``model`` as adapter ``adapter_name``.
+
+    Everything is validated first — config fields, every key, shape, dtype (must equal the
+    model's; bf16 files load onto float32 models, exactly), finiteness, config-vs-tensor ranks,
+    and the base fingerprint when the file has one (files saved by PEFT have none). Any problem
+    raises ``AdapterError`` naming the file and key, and the model is left bitwise unchanged.
+    Returns ``{"layers": [...], "fingerprint": "exact" | "rounding" | "absent" | "skipped"}``.
+    """
+    plans, cfg, how = read_adapter(model, directory, adapter_name, check_fingerprint, activate)
+    _install(model, adapter_name, plans, cfg["rslora"], cfg["dropout"], cfg["init"], trainable)
+    if activate:
+        set_active(model, adapter_name)
+    return {"layers": [p.path for p in plans], "fingerprint": how}
