@@ -14,7 +14,7 @@ HINT = "install `pip install torch==2.13.0` (CPU build) first, then `pip install
 torch = pytest.importorskip("torch", reason=f"PyTorch is not installed: {HINT}")
 peft = pytest.importorskip("peft", reason=f"PEFT is not installed: {HINT}")
 
-from minilora import adapters, cli, crosscheck
+from minilora import adapters, cases, cli, crosscheck, torch_twin
 from minilora.crosscheck import compare_with_torch
 from minilora.functional import lora
 from minilora.gradcheck import format_table, rel_error
@@ -74,7 +74,7 @@ def test_masks_are_real_and_replaying_them_matters(monkeypatch):
     masks = [layer.cache[1].mask for layer in model.lora_layers().values()]
     assert all(m is not None and (m == 0).any() and (m > 1).any() for m in masks)
     # Without the replay PEFT's dropout is the identity: the two models now differ.
-    monkeypatch.setattr(crosscheck, "replay_masks", lambda *a: None)
+    monkeypatch.setattr(torch_twin, "replay_masks", lambda *a: None)
     bad = {r.array: r for r in compare_with_torch(model, x, y, loss=loss, steps=0)}
     assert not bad["output"].passed and bad["output"].rel_error > 1e-3
 
@@ -112,14 +112,25 @@ def test_key_bias_gradient_is_zero_in_both_frameworks():
     model.backward(softmax_cross_entropy_backward(1.0, cache)[0])
     ours = model.named_grads()
 
-    twin = crosscheck.torch_twin(model)
-    crosscheck._torch_loss("cross_entropy", twin(crosscheck.to_torch(ids)), crosscheck.to_torch(y)).backward()
+    twin = torch_twin.torch_twin(model)
+    torch_twin.torch_loss("cross_entropy", twin(torch_twin.to_torch(ids)), torch_twin.to_torch(y)).backward()
     theirs = dict(twin.named_parameters())
     qb = np.linalg.norm(ours["blocks.0.attn.q.b"])
     assert qb > 1e-3
     assert rel_error(ours["blocks.0.attn.q.b"], theirs["blocks.0.attn.q.bias"].grad.numpy()) < 1e-10
     assert np.linalg.norm(ours["blocks.0.attn.k.b"]) < 1e-13 * qb
     assert np.linalg.norm(theirs["blocks.0.attn.k.bias"].grad.numpy()) < 1e-13 * qb
+
+
+def test_twin_module_paths_are_minilora_paths():
+    model, *_ = CASES["gpt full"]()
+    twin = crosscheck.torch_twin(model)  # crosscheck re-exports minilora.torch_twin's names
+    assert crosscheck.torch_twin is torch_twin.torch_twin and crosscheck.perturb_lora_B is cases.perturb_lora_B
+    assert set(dict(twin.named_parameters())) == {torch_twin.torch_name(k) for k in model.named_parameters()}
+    assert isinstance(twin.get_submodule("blocks.1.attn.q"), torch.nn.Linear)
+    assert isinstance(twin.get_submodule("blocks.0.mlp.fc2"), torch.nn.Linear)
+    with pytest.raises(AttributeError, match="no attribute 'nonexistent'"):
+        crosscheck.nonexistent  # noqa: B018
 
 
 # ----------------------------------------------------------------------------- adapter files

@@ -12,8 +12,8 @@ import sys
 import numpy as np
 import pytest
 
-from minilora import cli, gradcheck
-from minilora.crosscheck import perturb_lora_B
+from minilora import cli, fast, gradcheck
+from minilora.cases import perturb_lora_B
 from minilora.experiments import gradcheck_report
 from minilora.functional import activations, attention, layernorm, lora
 from minilora.gradcheck import (
@@ -43,6 +43,7 @@ def test_every_layer_pair_passes():
     components = {r.component for r in rows}
     assert {"linear", "lora", "lora+mask", "relu", "gelu", "cross_entropy", "mse",
             "layernorm", "attention", "embedding"} <= components
+    assert {f"{name} (fast)" for name in [*fast.PAIRS, "lora+mask"]} <= components  # both columns
     assert max(r.rel_error for r in rows) < 1e-7  # float64 central differences: ~1e-9 expected
 
 
@@ -50,6 +51,9 @@ def test_whole_models_pass():
     rows = gradcheck_report.model_checks()
     assert rows and all(r.passed for r in rows), format_table(rows)
     assert any(".lora." in r.array for r in rows) and any(r.array.endswith(".W") for r in rows)
+    default = [r for r in rows if not r.component.endswith(" (reference)")]
+    reference = [r for r in rows if r.component.endswith(" (reference)")]
+    assert [(r.component + " (reference)", r.array) for r in default] == [(r.component, r.array) for r in reference]
 
 
 # ----------------------------------------------------------------------------- broken terms
@@ -171,8 +175,8 @@ def test_command_passes_when_correct(capsys):
 def test_command_fails_on_a_broken_backward(monkeypatch, capsys, broken):
     if broken == "lora dB scale":
         bad = _dB_without_scale(lora.lora_backward)
-        monkeypatch.setattr(lora, "lora_backward", bad)  # the layer-pair table
-        plant(monkeypatch, "lora", backward=bad)  # the whole-model table
+        monkeypatch.setattr(lora, "lora_backward", bad)  # the functional module
+        plant(monkeypatch, "lora", backward=bad)  # both columns of fast.PAIRS: both tables
         expect = "FAIL lora B"
     elif broken == "lora dx mask":
         real = lora.lora_backward
@@ -187,6 +191,26 @@ def test_command_fails_on_a_broken_backward(monkeypatch, capsys, broken):
     status, out = _run_command(capsys)
     assert status != 0
     assert expect in out
+    label, array = expect.removeprefix("FAIL ").rsplit(" ", 1)
+    assert f"FAIL {label} (fast) {array}" in out  # planted in both columns: both rows fail
+
+
+@pytest.mark.parametrize("column", ["fast", "reference"])
+def test_command_fails_on_a_bug_in_one_column_only(monkeypatch, capsys, column):
+    (ref_fwd, ref_bwd), (fast_fwd, fast_bwd) = fast.PAIRS["gelu"]
+    if column == "fast":
+        monkeypatch.setitem(fast.PAIRS, "gelu", ((ref_fwd, ref_bwd), (fast_fwd, _gelu_first_term_only)))
+        bad, good = ["FAIL gelu (fast) x", "FAIL mlp full fc1.W"], ["FAIL gelu x", "(reference)"]
+    else:
+        monkeypatch.setitem(fast.PAIRS, "gelu", ((ref_fwd, _gelu_first_term_only), (fast_fwd, fast_bwd)))
+        bad, good = ["FAIL gelu x", "FAIL mlp full (reference) fc1.W"], ["FAIL gelu (fast)", "FAIL mlp full fc1"]
+    status, out = _run_command(capsys)
+    assert status != 0
+    fails = "\n".join(line for line in out.splitlines() if "FAIL" in line)
+    for text in bad:  # the column with the bug: its pair row, and the models that run on it
+        assert text in fails, out
+    for text in good:  # the other column passes
+        assert text not in fails, fails
 
 
 def test_command_says_why_torch_was_skipped(monkeypatch, capsys):
@@ -251,6 +275,23 @@ def test_minilora_never_imports_torch():
     code = ("import sys, minilora, minilora.crosscheck, minilora.experiments.gradcheck_report; "
             "sys.exit('torch' in sys.modules)")
     assert subprocess.run([sys.executable, "-c", code], check=False, timeout=120).returncode == 0
+
+
+def test_case_catalogue_and_finite_difference_report_never_import_torch():
+    code = ("import sys, minilora.cases, minilora.experiments.gradcheck_report as report; "
+            "[build() for build in (*minilora.cases.cases().values(), *minilora.cases.interop_cases().values())]; "
+            "report.pair_checks(); report.model_checks(); "
+            "sys.exit(('torch' in sys.modules) + 2 * ('minilora.crosscheck' in sys.modules))")
+    assert subprocess.run([sys.executable, "-c", code], check=False, timeout=120).returncode == 0
+
+
+def test_finite_differences_skip_only_the_mask_cases():
+    from minilora import cases
+
+    every, unmasked = cases.cases(), cases.cases(masks=False)
+    assert list(unmasked) == [k for k in every if not k.endswith(" mask")]
+    for name in set(every) - set(unmasked):  # a mask case is an unmasked one with dropout on
+        assert name.removesuffix(" mask") in unmasked
 
 
 def test_missing_torch_gives_a_clear_error(monkeypatch, capsys):

@@ -5,8 +5,10 @@ models against PyTorch/PEFT when they are installed.
 
 Four tables, each row ``component | array | relative error | tolerance | pass/fail``:
 
-1. layer pairs: each ``*_backward`` against central differences of ``Σ forward(...) ⊙ dout``;
-2. whole models (MLP, GPT; full fine-tuning and LoRA): every trainable gradient of the loss;
+1. layer pairs: each ``*_backward`` against central differences of ``Σ forward(...) ⊙ dout``,
+   the reference pair and its fast twin (rows ``gelu`` and ``gelu (fast)``);
+2. whole models (MLP, GPT; full fine-tuning and LoRA): every trainable gradient of the loss, on
+   the default path and on the reference pairs (rows ``<case> (reference)``);
 3. PyTorch/PEFT: forward, loss, gradients and AdamW steps of the same model rebuilt in PyTorch;
 4. adapter files: minilora → ``PeftModel.from_pretrained``, PEFT ``save_pretrained`` → minilora,
    and merged weights vs ``merge_and_unload``.
@@ -14,28 +16,23 @@ Four tables, each row ``component | array | relative error | tolerance | pass/fa
 The exit status is 1 if any row fails. Default shapes take seconds; ``--full`` uses larger ones and
 checks every entry of every array.
 
-The functions are looked up on their modules at call time (``lora.lora_backward``, not a copy
-taken at import), so a test that monkeypatches one term of a backward sees this report fail.
+The pairs are looked up at call time, not copied at import: in ``minilora.fast.PAIRS`` for the
+layers with a fast twin, on their ``minilora.functional`` module for the others. So a test that
+plants one wrong term in a backward sees this report fail. The models come from
+``minilora.cases``; nothing here imports torch unless the PyTorch section runs.
 """
 from __future__ import annotations
 
+import contextlib
 import tempfile
 import time
 
 import numpy as np
 
-from .. import backend, gradcheck
-from ..crosscheck import ALL_LINEARS, gpt_for_checks, perturb_lora_B
-from ..functional import (
-    activations,
-    attention,
-    embedding,
-    layernorm,
-    linear,
-    lora,
-    losses,
-)
+from .. import backend, cases, fast, gradcheck
+from ..functional import embedding, losses
 from ..gradcheck import CheckResult
+from ..nn import GPT
 
 TOLERANCE = gradcheck.TOLERANCE  # float64 finite differences, h = 1e-6
 
@@ -48,34 +45,43 @@ def _normal(gen, *shape):
 
 
 def pair_checks(full: bool = False, seed: int = 0) -> list:
-    """Finite-difference check of every forward/backward pair in ``minilora.functional``."""
+    """Finite-difference check of every forward/backward pair.
+
+    A layer with a fast twin is checked in both columns of ``minilora.fast.PAIRS``: the
+    reference (rows ``gelu``) and the fast pair (rows ``gelu (fast)``), on the same inputs. The
+    pairs without a twin (losses, embeddings) are checked once, from ``minilora.functional``.
+    """
     gen = backend.rng(seed)
     N, d_in, d_out, r = (16, 32, 24, 4) if full else (4, 5, 3, 2)
     B, H, T, hd, V = (2, 4, 8, 8, 20) if full else (2, 2, 4, 3, 7)
     rows = []
 
     def check(name, forward, backward, inputs, wrt=None):
-        # forward/backward are lambdas that look the function up on its module when called, so a
-        # monkeypatched backward is the one checked
+        # forward/backward are lambdas that look the function up when called (on its module, for
+        # the pairs without a twin), so a monkeypatched backward is the one checked
         rows.extend(gradcheck.check_pair(forward, backward, inputs, wrt=wrt, seed=seed, name=name))
+
+    def check_both(name, pair, forward, inputs, wrt=None):
+        # forward(f, **inputs) calls the pair's forward f with this case's fixed arguments; each
+        # column is read from fast.PAIRS when called, so a planted pair is the one checked
+        for column, label in ((0, name), (1, f"{name} (fast)")):
+            check(label, lambda c=column, **kw: forward(fast.PAIRS[pair][c][0], **kw),
+                  lambda d, cache, c=column: fast.PAIRS[pair][c][1](d, cache), inputs, wrt)
 
     x = _normal(gen, N, d_in)
     W, b = _normal(gen, d_out, d_in), _normal(gen, d_out)
     A, Bm = _normal(gen, r, d_in), _normal(gen, d_out, r)  # B ≠ 0, or dA would be 0 and trivially right
     mask = backend.dropout_mask(gen, (N, d_in), 0.25, "float64")
 
-    check("linear", lambda x, W, b: linear.linear_forward(x, W, b),
-          lambda d, c: linear.linear_backward(d, c), {"x": x, "W": W, "b": b})
+    check_both("linear", "linear", lambda f, x, W, b: f(x, W, b), {"x": x, "W": W, "b": b})
     for label, m in (("lora", None), ("lora+mask", mask)):
-        check(label, lambda x, A, B, m=m: lora.lora_forward(x, W, b, A, B, 1.5, m),
-              lambda d, c: lora.lora_backward(d, c), {"x": x.copy(), "A": A.copy(), "B": Bm.copy()})
+        check_both(label, "lora", lambda f, x, A, B, m=m: f(x, W, b, A, B, 1.5, m),
+                   {"x": x.copy(), "A": A.copy(), "B": Bm.copy()})
 
     z = _normal(gen, N, d_out)
     z += np.where(z >= 0, 0.1, -0.1)  # keep ReLU's kink out of reach of ±h
-    check("relu", lambda x: activations.relu_forward(x), lambda d, c: activations.relu_backward(d, c),
-          {"x": z})
-    check("gelu", lambda x: activations.gelu_forward(x), lambda d, c: activations.gelu_backward(d, c),
-          {"x": 2.0 * _normal(gen, N, d_out)})
+    check_both("relu", "relu", lambda f, x: f(x), {"x": z})
+    check_both("gelu", "gelu", lambda f, x: f(x), {"x": 2.0 * _normal(gen, N, d_out)})
     y = gen.integers(0, d_out, N)
     check("cross_entropy", lambda x: losses.softmax_cross_entropy_forward(x, y),
           lambda d, c: losses.softmax_cross_entropy_backward(d, c), {"x": _normal(gen, N, d_out)})
@@ -83,13 +89,11 @@ def pair_checks(full: bool = False, seed: int = 0) -> list:
     check("mse", lambda x: losses.mse_forward(x, target), lambda d, c: losses.mse_backward(d, c),
           {"x": _normal(gen, N, d_out)})
 
-    check("layernorm", lambda x, gamma, beta: layernorm.layernorm_forward(x, gamma, beta),
-          lambda d, c: layernorm.layernorm_backward(d, c),
-          {"x": _normal(gen, B, T, d_in), "gamma": 1.0 + 0.1 * _normal(gen, d_in), "beta": _normal(gen, d_in)})
-    check("attention", lambda q, k, v: attention.attention_forward(q, k, v),
-          lambda d, c: attention.attention_backward(d, c),
-          {"q": _normal(gen, B, H, T, hd), "k": _normal(gen, B, H, T, hd), "v": _normal(gen, B, H, T, hd)},
-          wrt=["q", "k", "v"])
+    check_both("layernorm", "layernorm", lambda f, x, gamma, beta: f(x, gamma, beta),
+               {"x": _normal(gen, B, T, d_in), "gamma": 1.0 + 0.1 * _normal(gen, d_in), "beta": _normal(gen, d_in)})
+    check_both("attention", "attention", lambda f, q, k, v: f(q, k, v),
+               {"q": _normal(gen, B, H, T, hd), "k": _normal(gen, B, H, T, hd), "v": _normal(gen, B, H, T, hd)},
+               wrt=["q", "k", "v"])
     ids = gen.integers(0, V, (B, T))
     ids[0, :2] = 1  # a repeated id: its gradients must add up
     check("embedding", lambda W: embedding.embedding_forward(ids, W),
@@ -103,33 +107,21 @@ def pair_checks(full: bool = False, seed: int = 0) -> list:
 
 
 def model_checks(full: bool = False, seed: int = 0) -> list:
-    """Finite-difference check of every trainable gradient of whole models on one batch."""
-    from ..nn import MLP
+    """Finite-difference check of every trainable gradient of whole models on one batch.
 
-    gen = backend.rng(seed)
-    entries = None if full else 40
-    sizes, N = ((32, 48, 24, 10), 16) if full else ((6, 8, 4), 5)
-    x, y = _normal(gen, N, sizes[0]), gen.integers(0, sizes[-1], N)
+    Every case of ``minilora.cases.cases`` (dropout masks aside: the check runs in eval mode),
+    first on the default path (``minilora.fast.USE_FAST``: the fast pairs), then once more on the
+    reference pairs (``with minilora.fast.reference():``, rows ``<case> (reference)``).
+    """
     rows = []
-
-    def check(name, model, x, y, loss="cross_entropy"):
-        rows.extend(gradcheck.check_model(model, x, y, loss=loss, max_entries=entries, seed=seed, name=name))
-
-    check("MLP full", MLP(sizes, "gelu", seed=seed, dtype="float64"), x, y)
-    m = MLP(sizes, "relu", seed=seed, dtype="float64").add_lora(r=2, alpha=4)
-    check("MLP lora(fc*)", perturb_lora_B(m, seed), x, y)
-    m = MLP(sizes, "gelu", seed=seed, dtype="float64").add_lora(r=2, alpha=4, rslora=True)
-    check("MLP lora(fc*) mse", perturb_lora_B(m, seed), x, _normal(gen, N, sizes[-1]), loss="mse")
-
-    entries = 100 if full else 10  # random entries per array; all 25k of a GPT would take minutes
-    gpt, (B, T) = gpt_for_checks(full, seed)  # float64, std 0.5, key bias frozen (see there)
-    V = gpt.config.vocab_size
-    ids, y = gen.integers(0, V, (B, T)), gen.integers(0, V, (B, T))
-    check("GPT full", gpt, ids, y)
-    gpt = gpt_for_checks(full, seed)[0].add_lora(["q", "v"], r=2, alpha=4)
-    check("GPT lora(q,v)", perturb_lora_B(gpt, seed), ids, y)
-    gpt = gpt_for_checks(full, seed)[0].add_lora(ALL_LINEARS, r=2, alpha=4, rslora=True)
-    check("GPT lora(all)", perturb_lora_B(gpt, seed), ids, y)
+    for suffix, pairs in (("", contextlib.nullcontext), (" (reference)", fast.reference)):
+        for name, build in cases.cases(full, seed, masks=False).items():
+            model, x, y, loss = build()
+            # random entries per array; all 25k of a GPT would take minutes
+            entries = (100 if full else 10) if isinstance(model, GPT) else (None if full else 40)
+            with pairs():
+                rows.extend(gradcheck.check_model(model, x, y, loss=loss, max_entries=entries, seed=seed,
+                                                  name=name + suffix))
     return rows
 
 
