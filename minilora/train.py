@@ -1,9 +1,11 @@
 """Training: one step (forward, loss, backward, update) and a loop with a progress bar."""
 from __future__ import annotations
 
+import math
+import sys
 import time
 
-from . import backend
+from . import backend, checks
 from .functional.losses import LOSSES
 
 
@@ -13,10 +15,12 @@ def train_step(model, optimizer, x, y, loss: str = "cross_entropy") -> float:
     A non-finite loss raises ``FloatingPointError`` before backward, and a non-finite gradient
     raises inside ``optimizer.step()`` before any update: no parameter changes either way.
     """
+    if loss not in LOSSES:
+        raise ValueError(f"train_step: unknown loss {loss!r}; losses are {sorted(LOSSES)}")
     loss_forward, loss_backward = LOSSES[loss]
     value, cache = loss_forward(model.forward(x), y)
     value = float(value)
-    if value != value or value in (float("inf"), float("-inf")):
+    if not math.isfinite(value):
         raise FloatingPointError(f"train_step: loss is {value}; step skipped, no parameter changed")
     dout, _ = loss_backward(1.0, cache)
     model.backward(dout)
@@ -26,22 +30,42 @@ def train_step(model, optimizer, x, y, loss: str = "cross_entropy") -> float:
 
 def fit(model, optimizer, batches, steps: int, loss: str = "cross_entropy", progress: bool = True,
         desc: str = "train") -> dict:
-    """Run ``steps`` training steps over ``batches`` (an iterator of ``(x, y)``).
+    """Run ``steps`` training steps over ``batches``: any iterable of ``(x, y)`` — an iterator,
+    a generator, a list (``itertools.cycle(a_list)`` to go round it more than once).
 
+    ``progress``: a bar on a terminal; when the output is not a terminal (a log, CI), no bar but
+    one summary line at the end. Raises ``ValueError`` if ``batches`` runs out before ``steps``.
     Returns ``{"losses": [...], "step_time": median seconds per step}``.
     """
     from tqdm import tqdm  # plain text bars: they also work in Jupyter without ipywidgets
 
+    if not checks.is_int(steps) or steps < 0:
+        raise ValueError(f"fit: steps must be a non-negative int, got {steps!r}")
+    if loss not in LOSSES:
+        raise ValueError(f"fit: unknown loss {loss!r}; losses are {sorted(LOSSES)}")
+    batches = iter(batches)
     model.train()
     losses, times = [], []
-    bar = tqdm(range(steps), desc=desc, disable=not progress, leave=False)
-    for _ in bar:
-        x, y = next(batches)
+    # disable=None: tqdm switches itself off when its stream is not a terminal
+    bar = tqdm(range(int(steps)), desc=desc, disable=None if progress else True, leave=False)
+    start = time.perf_counter()
+    for i in bar:
+        try:
+            x, y = next(batches)
+        except StopIteration:
+            bar.close()
+            raise ValueError(
+                f"fit: batches ran out after {i} of {steps} steps ({i} steps were taken); give "
+                "an iterable with at least `steps` batches, e.g. itertools.cycle(a_list)"
+            ) from None
         t0 = time.perf_counter()
         losses.append(train_step(model, optimizer, x, y, loss))
         backend.synchronize(x)  # a GPU step is queued, not done, when train_step returns
         times.append(time.perf_counter() - t0)
-        bar.set_postfix(loss=f"{losses[-1]:.4f}")
+        bar.set_postfix(loss=f"{losses[-1]:.4f}", refresh=False)
+    if progress and bar.disable and losses:  # no bar was shown: one line instead
+        print(f"{desc}: {len(losses)} steps in {time.perf_counter() - start:.1f} s, "
+              f"loss {losses[0]:.4f} -> {losses[-1]:.4f}", file=sys.stderr)
     times.sort()
     return {"losses": losses, "step_time": times[len(times) // 2] if times else 0.0}
 

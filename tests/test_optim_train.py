@@ -124,3 +124,42 @@ def test_accuracy_counts_argmax_hits_and_restores_the_mode():
     assert accuracy(m, x, y) == 15 / 20 and m.training
     m.eval()
     assert accuracy(m, x, pred) == 1.0 and not m.training
+
+
+def _mlp_and_batches(n):
+    m = MLP((4, 8, 3), seed=0)
+    g = np.random.default_rng(0)
+    return m, [(g.random((5, 4), dtype=np.float32), g.integers(0, 3, 5)) for _ in range(n)]
+
+
+def test_fit_takes_a_list_of_batches():
+    m, data = _mlp_and_batches(6)
+    hist = fit(m, AdamW(m, lr=1e-2), data, 6, progress=False)
+    assert len(hist["losses"]) == 6
+
+
+def test_fit_says_when_the_batches_run_out():
+    m, data = _mlp_and_batches(3)
+    with pytest.raises(ValueError, match="batches ran out after 3 of 5 steps"):
+        fit(m, AdamW(m, lr=1e-2), iter(data), 5, progress=False)
+
+
+@pytest.mark.parametrize("steps", [-1, 2.0, True, "3"])
+def test_fit_refuses_a_bad_step_count(steps):
+    m, data = _mlp_and_batches(3)
+    with pytest.raises(ValueError, match="steps must be a non-negative int"):
+        fit(m, AdamW(m, lr=1e-2), data, steps, progress=False)
+
+
+def test_unknown_loss_name_is_named():
+    m, data = _mlp_and_batches(1)
+    with pytest.raises(ValueError, match="unknown loss 'l2'; losses are"):
+        train_step(m, AdamW(m), *data[0], loss="l2")
+
+
+def test_fit_prints_one_line_instead_of_a_bar_when_not_a_terminal(capsys):
+    m, data = _mlp_and_batches(4)
+    fit(m, AdamW(m, lr=1e-2), data, 4, desc="adapt")  # pytest's capture is not a terminal
+    err = capsys.readouterr().err
+    assert "\r" not in err and "it/s" not in err  # no bar redraws
+    assert err.count("\n") == 1 and err.startswith("adapt: 4 steps in ") and " -> " in err
