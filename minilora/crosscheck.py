@@ -201,7 +201,7 @@ def interop_minilora_to_peft(model, x, directory, adapter: str = "default", name
     ``peft.PeftModel.from_pretrained`` onto the PyTorch twin of the base, and compare:
 
       ``output``            minilora's forward vs PEFT's (eval, no dropout);
-      ``merged <path>.W``   W + ΔW after minilora's ``merge_adapter`` vs PEFT's ``merge_and_unload``;
+      ``merged <path>.W``   W + ΔW after ``model.merge(adapter)`` vs PEFT's ``merge_and_unload``;
       ``ΔW <path>``         the merged minus the base weights on each side (the stricter test).
     """
     peft = require("peft")
@@ -220,7 +220,7 @@ def interop_minilora_to_peft(model, x, directory, adapter: str = "default", name
 
     paths = list(adapters.list_adapters(model)[adapter].targets)
     base = {p: np.array(backend.to_numpy(_lora_W(model, p))) for p in paths}
-    adapters.merge_adapter(model, adapter)
+    model.merge(adapter)
     merged = pm.merge_and_unload()
     tstate = merged.state_dict()
     for p in paths:
@@ -228,7 +228,7 @@ def interop_minilora_to_peft(model, x, directory, adapter: str = "default", name
         theirs = tstate[f"{p}.weight"].numpy()
         rows.append(CheckResult(name, f"merged {p}.W", rel_error(ours, theirs), tolerance))
         rows.append(CheckResult(name, f"ΔW {p}", rel_error(ours - base[p], theirs - base[p]), tolerance))
-    adapters.unmerge_adapter(model, adapter)
+    model.unmerge()
     return rows
 
 

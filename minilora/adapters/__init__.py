@@ -35,16 +35,3 @@ __all__ = [
     "combine_adapters", "delete_adapter", "list_adapters", "load_adapter", "merge_drift",
     "read_adapter", "restore_active", "save_adapter", "set_active",
 ]
-
-
-# Transitional, for minilora/crosscheck.py only (being rewritten; it still calls these two).
-# The door is ``model.merge(name)`` / ``model.unmerge()``: delete both once crosscheck.py uses it.
-def merge_adapter(model, name: str):
-    return model.merge(name)
-
-
-def unmerge_adapter(model, name: str | None = None):
-    for m in model.lora_layers().values():
-        if m.merged is not None and (name is None or m.merged == name):
-            m.unmerge()
-    return model

@@ -70,10 +70,11 @@ def update(name: str):
 def reference(*names):
     """Run ``names`` (default: every pair and update) on the reference inside the block; the
     switch is restored on exit."""
+    unknown = [name for name in names if name not in USE_FAST]
+    if unknown:  # checked before anything is switched
+        raise KeyError(f"minilora.fast.reference: unknown name {unknown[0]!r}; names are {sorted(USE_FAST)}")
     saved = dict(USE_FAST)
     for name in names or USE_FAST:
-        if name not in USE_FAST:
-            raise KeyError(f"minilora.fast.reference: unknown name {name!r}; names are {sorted(USE_FAST)}")
         USE_FAST[name] = False
     try:
         yield

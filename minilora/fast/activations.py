@@ -17,8 +17,7 @@ relu_forward = ref.relu_forward  # one ufunc already: nothing to gain
 
 
 def relu_backward(dout, cache: ReLUCache):
-    """dx = dout · [x > 0], as a multiply by the boolean mask: NumPy's ``where(mask, dout, 0)``
-    costs about 50× a mask multiply."""
+    """dx = dout · [x > 0], multiplied by the boolean mask itself (no cast to dout's dtype)."""
     xp = namespace(dout)
     if not has_out(xp):
         return ref.relu_backward(dout, cache)
@@ -50,10 +49,10 @@ def gelu_backward(dout, cache: GELUCache):
 def _gelu_forward_rows(x, t, y):
     """t ← tanh(√(2/π) (x + 0.044715 x³)),   y ← ½ x (1 + t);  y is scratch until the end."""
     xp = namespace(x)
-    write(y, xp.multiply, x, x)
-    y *= GELU_K
-    y += 1.0
+    write(y, xp.multiply, x, GELU_K)  # the reference's order, (K x) x x: no x² to overflow
     y *= x
+    y *= x
+    y += x
     y *= GELU_C  # tanh_arg
     write(t, xp.tanh, y)  # tanh_out
     write(y, xp.add, t, 1.0)
@@ -65,12 +64,12 @@ def _gelu_backward_rows(dout, x, t, dx):
     """dx ← dout · (½(1 + t) + ½ x (1 − t²) √(2/π) (1 + 3·0.044715 x²))"""
     xp = namespace(x)
     w = t * t  # one temporary, a block's rows only
-    w -= 1.0  # −sech²
-    write(dx, xp.multiply, x, x)
-    dx *= 3 * GELU_K
-    dx += 1.0
+    w -= 1.0
+    w *= x  # −x sech²: 0 where tanh saturates, before any large factor meets it (float16)
+    write(dx, xp.multiply, x, 3 * GELU_K)
     dx *= x
-    dx *= -GELU_C
+    dx += 1.0
+    dx *= -GELU_C  # −dtanh_arg
     dx *= w  # x sech² · dtanh_arg
     dx += t
     dx += 1.0

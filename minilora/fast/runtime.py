@@ -66,7 +66,7 @@ def rowwise(fn, *arrays):
     raises (the first block's exception, else the first failed worker's), only once every
     block has finished.
     """
-    n = arrays[0].shape[0]
+    n = arrays[0].shape[0] if arrays[0].ndim else 1  # a 0-d array is one row
     threads = min(THREADS, n)
     if threads < 2 or namespace(*arrays) is not np or arrays[0].size < ROWWISE_MIN_SIZE:
         fn(*arrays)
