@@ -4,6 +4,10 @@
 """
 from . import adapters, backend, fast, functional, gradcheck
 from .adapters import load_adapter, save_adapter
+from .checkpoint import load_weights, save_weights
+from .data.text import CharTokenizer
+from .data.text import batches as text_batches
+from .experiments.gpt_demo import generate_text, pretrained_gpt, text_loss
 from .gradcheck import check_model, check_pair, rel_error
 from .nn import GPT, MLP, GPTConfig, Linear, LoRALinear, Module, add_lora
 from .optim import SGD, AdamW

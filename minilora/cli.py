@@ -1,7 +1,10 @@
 """The ``minilora`` command: argument parsing only; the work lives in ``minilora.experiments``.
 
-    minilora demo [mlp|gpt|adapters] [--quick] [--seed N] [--device cpu|cuda]
-    minilora gradcheck [--full]
+    minilora demo [mlp|gpt|adapters] [--quick] [--seed N] [--device cpu|cuda] [--no-progress]
+    minilora demo gpt --no-cache     # train the GPT base now; neither read nor write its cache
+    minilora gradcheck [--full] [--no-torch]
+
+Bad values are argparse errors that name the flag and the value (exit status 2, no traceback).
 """
 from __future__ import annotations
 
@@ -9,11 +12,24 @@ import argparse
 import importlib
 import sys
 
+DEVICES = ("cpu", "cuda")
+
 DEMOS = {
     "mlp": "minilora.experiments.mlp_demo",  # digits: base, rotated domain, LoRA vs full FT
     "gpt": "minilora.experiments.gpt_demo",  # tiny GPT: English prose -> Python source
     "adapters": "minilora.experiments.task_switch",  # two adapters on one base, saved and swapped
 }
+
+
+def non_negative_int(value: str) -> int:
+    """argparse type: an integer >= 0 (a seed), written in decimal."""
+    try:
+        n = int(value, 10)
+    except ValueError:
+        n = -1
+    if n < 0:
+        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {value!r}")
+    return n
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -26,28 +42,48 @@ def build_parser() -> argparse.ArgumentParser:
     d = sub.add_parser("demo", help="run a demo and print its report")
     d.add_argument("which", nargs="?", default="mlp", choices=sorted(DEMOS), help="which demo (default: mlp)")
     d.add_argument("--quick", action="store_true", help="tiny sizes, seconds (used by the tests)")
-    d.add_argument("--seed", type=int, default=0)
-    d.add_argument("--device", default="cpu", help="cpu (NumPy) or cuda (CuPy)")
+    d.add_argument("--seed", type=non_negative_int, default=0, metavar="N",
+                   help="seed of every generator (a non-negative integer; default 0)")
+    d.add_argument("--device", default="cpu", metavar="{cpu,cuda}", help="cpu (NumPy, default) or cuda (CuPy)")
     d.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    d.add_argument("--no-cache", action="store_true",
+                   help="gpt only: train the base now; neither read nor write the cached base")
 
     g = sub.add_parser("gradcheck", help="finite-difference check of every backward (and PyTorch when installed)")
     g.add_argument("--full", action="store_true", help="larger shapes (slower)")
     g.add_argument("--no-torch", action="store_true", help="skip the PyTorch comparison")
+    p.demo_parser = d  # for errors found after parsing, in the words argparse uses for `demo`'s
     return p
 
 
+def usage_error(parser, message: str) -> int:
+    """Print ``message`` as argparse prints its errors (usage, then "prog: error: ...") and return
+    the exit status 2 — for the checks that need more than one flag or the machine."""
+    parser.print_usage(sys.stderr)
+    print(f"{parser.prog}: error: {message}", file=sys.stderr)
+    return 2
+
+
 def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
     if args.command == "demo":
         from . import backend
 
+        parser = parser.demo_parser
+        if args.no_cache and args.which != "gpt":
+            return usage_error(parser, f"argument --no-cache: only `minilora demo gpt` has a cache, not {args.which!r}")
+        if args.device not in DEVICES:
+            return usage_error(parser, f"argument --device: unknown device {args.device!r} "
+                                       f"(choose from {', '.join(map(repr, DEVICES))})")
         try:  # fail before any work, with the install hint and no traceback
             backend.resolve_device(args.device)
-        except (RuntimeError, ValueError) as e:
-            print(f"minilora: {e}", file=sys.stderr)
-            return 2
+        except RuntimeError as e:
+            return usage_error(parser, f"argument --device: {args.device!r}: {e}")
         module = importlib.import_module(DEMOS[args.which])
-        module.run(quick=args.quick, seed=args.seed, device=args.device, progress=not args.no_progress)
+        extra = {"cache": not args.no_cache} if args.which == "gpt" else {}
+        module.run(quick=args.quick, seed=args.seed, device=args.device, progress=not args.no_progress,
+                   **extra)
         return 0
     if args.command == "gradcheck":
         module = importlib.import_module("minilora.experiments.gradcheck_report")

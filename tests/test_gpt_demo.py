@@ -1,15 +1,16 @@
-"""The text corpora and the GPT demo's quick mode (through the ``minilora`` command)."""
+"""The text corpora and the GPT demo's quick mode (through the ``minilora`` command), and its
+cache: checked before use, a damaged file retrained and overwritten, ``--no-cache``."""
 import math
 import os
+import warnings
 
 import numpy as np
 import pytest
 
-from minilora import backend
+from minilora import safetensors as st
 from minilora.cli import main
 from minilora.data import text
 from minilora.experiments import gpt_demo
-from minilora.nn.transformer import GPT
 
 ROWS = ("base (prose only)", "LoRA (q, v)", "LoRA (all six linears)", "full fine-tuning")
 
@@ -90,7 +91,7 @@ def test_demo_gpt_quick_through_the_cli_then_from_cache(tmp_path, monkeypatch, c
         assert row in out
     assert "base: trained now" in out and "Python val loss" in out and "step (ms)" in out
     assert "sample, base (before)" in out and "(after)" in out
-    cached = list((tmp_path / "minilora").glob("gpt_base_*.npz"))
+    cached = list((tmp_path / "minilora").glob("gpt_base_*.safetensors"))
     assert len(cached) == 1 and not list((tmp_path / "minilora").glob("*.tmp*"))  # written atomically
 
     res = gpt_demo.run(quick=True, progress=False)
@@ -111,26 +112,97 @@ def test_demo_gpt_quick_through_the_cli_then_from_cache(tmp_path, monkeypatch, c
 
 def test_cached_base_equals_a_fresh_training(tmp_path, monkeypatch):
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
-    s = gpt_demo.SETTINGS["quick"]
-    config = gpt_demo.GPTConfig.preset(s["preset"], vocab_size=len(text.VOCAB))
+    s, config = gpt_demo.settings(quick=True)
     train, _ = text.load_corpus("prose")
     s = dict(s, pretrain_steps=3)
     a, info_a = gpt_demo.pretrained_base(config, 0, s, train, "cpu", progress=False)
     b, info_b = gpt_demo.pretrained_base(config, 0, s, train, "cpu", progress=False)
     c, info_c = gpt_demo.pretrained_base(config, 0, s, train, "cpu", progress=False, cache=False)
     assert not info_a["from_cache"] and info_b["from_cache"] and not info_c["from_cache"]
-    for k in a:
-        np.testing.assert_array_equal(a[k], b[k])
-        np.testing.assert_array_equal(a[k], c[k])
+    assert info_c["path"] is None
+    for k, v in a.state_dict().items():
+        np.testing.assert_array_equal(v, b.state_dict()[k])
+        np.testing.assert_array_equal(v, c.state_dict()[k])
     other = gpt_demo.cache_key(config, 1, s, train)  # another seed: another file
     assert other != gpt_demo.cache_key(config, 0, s, train)
-    assert os.path.basename(info_a["path"]) == f"gpt_base_{gpt_demo.cache_key(config, 0, s, train)}.npz"
+    assert os.path.basename(info_a["path"]) == f"gpt_base_{gpt_demo.cache_key(config, 0, s, train)}.safetensors"
 
 
-def test_load_state_rejects_mismatched_names_and_shapes():
-    m = GPT("tiny", vocab_size=11)
-    arrays = {k: backend.to_numpy(v) for k, v in m.named_parameters().items()}
-    with pytest.raises(ValueError, match="missing"):
-        gpt_demo.load_state(m, {k: v for k, v in arrays.items() if k != "wte.W"}, "cpu")
-    with pytest.raises(ValueError, match="wte.W has shape"):
-        gpt_demo.load_state(m, dict(arrays, **{"wte.W": np.zeros((3, 3), np.float32)}), "cpu")
+# ----------------------------------------------------------------------------- a damaged cache
+
+
+def _rewrite(path, change):
+    tensors, meta = st.load_file(path)
+    st.save_file(change(tensors), path, meta)
+
+
+def _nan_in_wte(tensors):
+    tensors["wte.W"][3, 5] = np.nan
+    return tensors
+
+
+DAMAGE = {  # kind -> (damage the file in place, what the warning must say)
+    "truncated": (lambda p: p.write_bytes(p.read_bytes()[:-100]), "truncated"),
+    "empty": (lambda p: p.write_bytes(b""), "0 bytes"),
+    "wrong keys": (lambda p: _rewrite(p, lambda t: {k.replace("ln_f", "ln_final"): v for k, v in t.items()}),
+                   "names differ"),
+    "non-finite": (lambda p: _rewrite(p, _nan_in_wte), "key 'wte.W': holds NaN"),
+}
+
+
+def _cached_files(tmp_path):
+    return sorted((tmp_path / "minilora").glob("gpt_base_*"))
+
+
+@pytest.mark.parametrize("kind", sorted(DAMAGE))
+def test_a_damaged_cache_is_reported_once_retrained_and_overwritten(kind, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    first = gpt_demo.run(quick=True, progress=False)
+    (path,) = _cached_files(tmp_path)
+    good = path.read_bytes()
+    damage, reason = DAMAGE[kind]
+    damage(path)
+    assert path.read_bytes() != good
+
+    with pytest.warns(UserWarning) as caught:  # today: BadZipFile, EOFError, FloatingPointError...
+        again = gpt_demo.run(quick=True, progress=False)
+    messages = [str(w.message) for w in caught if "cache" in str(w.message)]
+    assert len(messages) == 1, messages
+    assert str(path) in messages[0] and reason in messages[0], messages[0]
+    assert not again["base"]["from_cache"] and "replacing a damaged cache file" in again["report"]
+    assert [r["val_loss"] for r in again["rows"]] == [r["val_loss"] for r in first["rows"]]
+    assert path.read_bytes() == good  # trained again, the same weights written over the damage
+    assert _cached_files(tmp_path) == [path]  # atomically: no temporary file left behind
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # healed: the next run reads it quietly
+        third = gpt_demo.run(quick=True, progress=False)
+    assert third["base"]["from_cache"]
+    capsys.readouterr()
+
+
+def test_no_cache_neither_reads_nor_writes_the_cache(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    assert main(["demo", "gpt", "--quick", "--no-progress", "--no-cache"]) == 0
+    assert "(cache off)" in capsys.readouterr().out
+    assert _cached_files(tmp_path) == []  # nothing written
+
+    gpt_demo.pretrained_gpt(quick=True)  # now a cache file exists; damage it
+    (path,) = _cached_files(tmp_path)
+    path.write_bytes(b"not a safetensors file")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # not even looked at: no warning
+        assert main(["demo", "gpt", "--quick", "--no-progress", "--no-cache"]) == 0
+    assert "base: trained now" in capsys.readouterr().out
+    assert path.read_bytes() == b"not a safetensors file"  # and not overwritten
+
+
+def test_a_cache_that_cannot_be_written_is_a_warning_not_an_error(tmp_path, monkeypatch, capsys):
+    blocker = tmp_path / "not_a_directory"
+    blocker.write_text("a file where the cache directory would go")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(blocker))
+    with pytest.warns(UserWarning, match="not cached"):
+        res = gpt_demo.run(quick=True, progress=False)
+    assert not res["base"]["from_cache"] and res["base"]["path"] is None
+    assert "(not cached: cannot write" in res["report"]
+    capsys.readouterr()

@@ -1,7 +1,10 @@
 """The GPT demo: a tiny character-level GPT reads English, then LoRA teaches it Python.
 
 1. Pretrain a base GPT on English prose (``pydoc_data``'s help topics) with ``train.fit`` and
-   AdamW; the weights are cached on disk under a key of config, seed and data.
+   AdamW; the weights are cached on disk (safetensors, ``minilora.checkpoint``) under a key of
+   config, seed and data. A cached file is checked in full before use; a damaged one (empty,
+   truncated, corrupt, other names or shapes, NaN) is reported once, trained again and
+   overwritten atomically.
 2. Adapt a fresh copy of the base to Python source (standard-library modules) four ways and
    compare the validation loss on held-out Python modules:
    base (no training) · LoRA on q, v · LoRA on all six linears · full fine-tuning,
@@ -10,20 +13,27 @@
 
     minilora demo gpt            # a few minutes on 2 CPU cores (the base is cached after one run)
     minilora demo gpt --quick    # seconds: the "tiny" config and a handful of steps
+    minilora demo gpt --no-cache # train the base now; neither read nor write the cache
+
+The everyday API for "my own model, my own text" lives here too (exported from ``minilora``,
+walked through in docs/own_text.md): ``pretrained_gpt`` (this base), ``text_loss`` and
+``generate_text``.
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
 import hashlib
 import json
 import os
-import tempfile
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
 
-from .. import backend
+from .. import backend, checks
+from ..checkpoint import load_weights, save_weights
 from ..data import text
 from ..functional.losses import softmax_cross_entropy_forward
 from ..nn.lora import add_lora
@@ -48,23 +58,57 @@ CACHE_VERSION = 1  # bump when the training recipe changes in a way the key does
 
 
 def evaluate(model, x, y, batch: int = 64) -> float:
-    """Mean next-character cross-entropy (nats) of ``model`` over the windows ``x``, ``y`` (N, T)."""
-    was_training = model.training
-    model.eval()
+    """Mean next-character cross-entropy (nats) of ``model`` over the windows ``x``, ``y`` (N, T),
+    in eval mode (the model's train/eval mode is restored afterwards)."""
     total, n = 0.0, x.shape[0]
-    try:
+    with model.evaluating():
         for i in range(0, n, batch):
             loss, _ = softmax_cross_entropy_forward(model.forward(x[i:i + batch]), y[i:i + batch])
             total += float(loss) * min(batch, n - i)
-    finally:
-        model.train(was_training)
     return total / n
 
 
-def sample(model, prompt: str, n: int, seed: int, device) -> str:
-    ids = backend.from_numpy(text.encode(prompt)[None, :], device)
-    out = model.generate(ids, n, temperature=0.8, seed=seed)
-    return text.decode(out)
+def text_loss(model, text_or_ids, batch: int = 64) -> float:
+    """Mean next-character loss of the GPT ``model`` on a text, in nats per character (eval mode).
+
+    ``text_or_ids`` is a str (encoded with the demo's vocabulary, ``CharTokenizer``: characters
+    outside it count as UNK) or 1-D integer ids. Every character after the first is predicted
+    exactly once: the text is cut into consecutive windows of n_ctx characters, run ``batch``
+    windows at a time, and one shorter last window; each character is predicted from those
+    before it in its window.
+    """
+    if not isinstance(model, GPT):
+        raise TypeError(f"text_loss: model must be a GPT, got {type(model).__name__}")
+    checks.positive_int("text_loss", "batch", batch)
+    ids = text.as_ids(text_or_ids, "text_loss")
+    if len(ids) < 2:
+        raise ValueError(f"text_loss: a text needs at least 2 characters (one to predict), got {len(ids)}")
+    T, n_targets = model.config.n_ctx, len(ids) - 1
+    n_full = n_targets // T  # windows of T targets; the last n_targets - n_full·T come after
+    total = 0.0
+    if n_full:
+        x, y = text.windows(ids[:n_full * T + 1], T, device=model.device)  # (n_full, T)
+        total += evaluate(model, x, y, batch) * n_full * T
+    tail = ids[n_full * T:]
+    if len(tail) > 1:
+        x, y = text.windows(tail, len(tail) - 1, device=model.device)  # (1, len(tail) - 1)
+        total += evaluate(model, x, y) * (len(tail) - 1)
+    return total / n_targets
+
+
+def generate_text(model, prompt: str, n_new: int, temperature: float = 0.8, top_k: int | None = None,
+                  seed=0) -> str:
+    """``prompt`` followed by ``n_new`` characters sampled from the GPT ``model`` (``GPT.generate``:
+    softmax(logits / temperature), restricted to the ``top_k`` likeliest when given; temperature 0
+    is greedy; the same ``seed`` gives the same text on every backend).
+
+    The prompt comes back as the model read it (``CharTokenizer``: punctuation folded to ASCII,
+    unknown characters as UNK).
+    """
+    if not isinstance(prompt, str) or not prompt:
+        raise ValueError(f"generate_text: prompt must be a non-empty str, got {prompt!r:.60}")
+    ids = backend.from_numpy(text.encode(prompt)[None, :], model.device)  # (1, T0)
+    return text.decode(model.generate(ids, n_new, temperature=temperature, seed=seed, top_k=top_k))
 
 
 # ----------------------------------------------------------------------------- the cached base
@@ -84,47 +128,69 @@ def cache_key(config: GPTConfig, seed: int, s: dict, train_ids) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-def save_state(path: Path, model) -> None:
-    """Write the model's parameters to ``path`` (.npz) atomically: a temp file, then a rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    arrays = {k: backend.to_numpy(v) for k, v in model.named_parameters().items()}
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.stem, suffix=".tmp.npz")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **arrays)
-        os.replace(tmp, path)  # atomic: a concurrent reader sees the old file or the new one
-    except BaseException:
-        os.unlink(tmp)
-        raise
-
-
-def load_state(model, arrays: dict, device) -> None:
-    """Copy ``{qualified name: NumPy array}`` (cast to the model's dtype) into ``model``'s
-    parameters, on ``device``; names and shapes must match (``Module.load_state_dict``)."""
-    dtype = model.dtype
-    model.load_state_dict({k: np.asarray(a, dtype=dtype) for k, a in arrays.items()})
+def cache_path(config: GPTConfig, seed: int, s: dict, train_ids) -> Path:
+    return cache_dir() / f"gpt_base_{cache_key(config, seed, s, train_ids)}.safetensors"
 
 
 def pretrained_base(config, seed, s, train_ids, device, progress, cache=True):
-    """``(arrays, info)``: the base weights as NumPy arrays, loaded from the cache or trained now."""
-    path = cache_dir() / f"gpt_base_{cache_key(config, seed, s, train_ids)}.npz"
-    if cache and path.exists():
-        try:
-            with np.load(path) as f:
-                return {k: f[k] for k in f.files}, {"from_cache": True, "path": str(path)}
-        except (OSError, ValueError):  # a damaged file: train again and overwrite it
-            pass
+    """``(model, info)``: the base GPT, loaded from the cache or trained now (and then cached).
+
+    The cached file is checked in full before use (``load_weights``); if it fails — empty,
+    truncated, corrupt, other names, shapes or dtypes, a non-finite value — one warning names it
+    and the reason, and the base is trained again and written over it (atomically). A cache that
+    cannot be written is a warning too, never an error. ``cache=False``: neither read nor write.
+    """
     model = GPT(config, seed=seed, device=device)
+    path = cache_path(config, seed, s, train_ids) if cache else None
+    damaged = None
+    if path is not None and path.exists():
+        try:
+            load_weights(model, path)  # all or nothing: on failure the model keeps its init
+            return model, {"from_cache": True, "path": str(path)}
+        except ValueError as e:
+            damaged = str(e)
+            warnings.warn(f"minilora: the cached GPT base is damaged, training it again and "
+                          f"overwriting {path} ({damaged})", stacklevel=2)
     batches = text.batches(train_ids, s["batch"], config.n_ctx, seed=seed, device=device)
     t0 = time.perf_counter()
     hist = fit(model, AdamW(model, lr=s["pretrain_lr"]), batches, s["pretrain_steps"],
                progress=progress, desc="pretrain base on prose")
-    info = {"from_cache": False, "path": str(path) if cache else None,
+    info = {"from_cache": False, "path": None if path is None else str(path), "damaged": damaged,
             "pretrain_seconds": time.perf_counter() - t0, "pretrain_step_time": hist["step_time"],
             "pretrain_final_loss": float(np.mean(hist["losses"][-20:]))}
-    if cache:
-        save_state(path, model)
-    return {k: backend.to_numpy(v) for k, v in model.named_parameters().items()}, info
+    if path is not None:
+        try:
+            save_weights(model, path)
+        except OSError as e:
+            info["path"], info["not_cached"] = None, f"cannot write {path}: {e}"
+            warnings.warn(f"minilora: the GPT base is not cached ({info['not_cached']}); the next "
+                          "run trains it again", stacklevel=2)
+    return model, info
+
+
+def settings(quick: bool) -> tuple:
+    """``(settings, GPTConfig)`` of the quick or the full run."""
+    s = SETTINGS["quick" if quick else "full"]
+    return s, GPTConfig.preset(s["preset"], vocab_size=len(text.VOCAB))
+
+
+def pretrained_gpt(quick: bool = False, seed: int = 0, device: str = "cpu", cache: bool = True,
+                   progress: bool = False) -> GPT:
+    """The demo's base GPT, pretrained on English prose (``pydoc_data``), ready for your own text.
+
+    ``quick=False``: the "small" config (3 blocks, C = 64, n_ctx = 64, ~0.17 M parameters),
+    1,500 AdamW steps — about 80 s on 2 CPU cores the first time, then read from the cache
+    (``$XDG_CACHE_HOME/minilora``, the file ``minilora demo gpt`` uses). ``quick=True``: the
+    "tiny" config and 60 steps, under a second (for tests). Characters are ``CharTokenizer``'s.
+    A damaged cache file is reported, retrained and overwritten; ``cache=False`` neither reads
+    nor writes it. The same ``seed`` gives the same weights, trained or cached.
+    """
+    if not checks.is_int(seed) or seed < 0:
+        raise ValueError(f"pretrained_gpt: seed must be a non-negative int, got {seed!r}")
+    backend.resolve_device(device)  # a clear error before any work
+    s, config = settings(quick)
+    model, _ = pretrained_base(config, seed, s, text.load_corpus("prose")[0], device, progress, cache)
+    return model
 
 
 # ----------------------------------------------------------------------------- the story
@@ -134,30 +200,22 @@ def run(quick: bool = False, seed: int = 0, device: str = "cpu", progress: bool 
         cache: bool = True) -> dict:
     """Pretrain on prose (or load the cached base), adapt to Python four ways, print the report."""
     t_start = time.perf_counter()
-    s = SETTINGS["quick" if quick else "full"]
-    config = GPTConfig.preset(s["preset"], vocab_size=len(text.VOCAB))
+    s, config = settings(quick)
     T = config.n_ctx
     prose_train, prose_val = text.load_corpus("prose")
     py_train, py_val = text.load_corpus("python")
     py_eval = text.windows(py_val, T, s["eval_windows"], device)
     prose_eval = text.windows(prose_val, T, s["eval_windows"], device)
 
-    arrays, base_info = pretrained_base(config, seed, s, prose_train, device, progress, cache)
-
-    def fresh_base():
-        m = GPT(config, seed=seed, device=device)
-        load_state(m, arrays, device)
-        return m
-
-    base = fresh_base()
+    base, base_info = pretrained_base(config, seed, s, prose_train, device, progress, cache)
     total = base.num_parameters()
     rows = [dict(method="base (prose only)", trainable=0, val_loss=evaluate(base, *py_eval),
                  prose_loss=evaluate(base, *prose_eval), step_time=None)]
-    samples = {"base (before)": sample(base, PROMPT, s["sample_len"], seed, device)}
+    samples = {"base (before)": generate_text(base, PROMPT, s["sample_len"], seed=seed)}
 
     methods = [("LoRA (q, v)", ["q", "v"]), ("LoRA (all six linears)", list(SIX)), ("full fine-tuning", None)]
     for name, targets in methods:
-        model = fresh_base()
+        model = copy.deepcopy(base)  # a fresh copy of the base for each method
         if targets is not None:
             add_lora(model, targets, r=s["r"], alpha=s["alpha"], seed=seed)
         lr = s["lora_lr"] if targets is not None else s["full_lr"]
@@ -167,7 +225,7 @@ def run(quick: bool = False, seed: int = 0, device: str = "cpu", progress: bool 
         rows.append(dict(method=name, trainable=model.num_parameters(trainable=True),
                          val_loss=evaluate(model, *py_eval), prose_loss=evaluate(model, *prose_eval),
                          step_time=hist["step_time"]))
-        samples[f"{name} (after)"] = sample(model, PROMPT, s["sample_len"], seed, device)
+        samples[f"{name} (after)"] = generate_text(model, PROMPT, s["sample_len"], seed=seed)
 
     result = {"rows": rows, "total_params": total, "base": base_info, "samples": samples,
               "config": dataclasses.asdict(config), "settings": dict(s), "device": device,
@@ -189,7 +247,10 @@ def format_report(res: dict) -> str:
     if b["from_cache"]:
         lines.append(f"base: loaded from cache {b['path']}")
     else:
-        where = f"; cached at {b['path']}" if b["path"] else " (cache off)"
+        where = (f"; cached at {b['path']}" if b["path"] else
+                 f" (not cached: {b['not_cached']})" if b.get("not_cached") else " (cache off)")
+        if b.get("damaged"):
+            where += ", replacing a damaged cache file"
         lines.append(
             f"base: trained now, {s['pretrain_steps']} steps on prose in {b['pretrain_seconds']:.1f} s "
             f"(train loss {b['pretrain_final_loss']:.3f}){where}")

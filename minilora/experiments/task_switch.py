@@ -16,7 +16,7 @@ import tempfile
 import time
 
 from .. import adapters, backend
-from .. import safetensors as st
+from ..checkpoint import load_weights, save_weights
 from ..nn import MLP
 from ..optim import AdamW
 from ..train import accuracy, fit
@@ -35,15 +35,10 @@ def median_time(fn, repeats: int) -> float:
     return times[len(times) // 2]
 
 
-def save_model(model, path) -> int:
-    """Every parameter of ``model`` in one safetensors file (what a full fine-tune would ship)."""
-    return st.save_file({k: backend.to_numpy(v) for k, v in model.named_parameters().items()}, path)
-
-
-def load_model_weights(model, path) -> None:
-    """Replace every parameter of ``model`` with the arrays in the safetensors file ``path``
-    (names, shapes and dtypes checked before anything changes: ``Module.load_state_dict``)."""
-    model.load_state_dict(st.load_file(path)[0])
+# The whole-model file is minilora.checkpoint's (atomic save, fully checked load); the notebook
+# 04_adapters imports it from here under these names.
+save_model = save_weights
+load_model_weights = load_weights
 
 
 def run(quick: bool = False, seed: int = 0, device: str = "cpu", progress: bool = True,
@@ -85,10 +80,10 @@ def run(quick: bool = False, seed: int = 0, device: str = "cpu", progress: bool 
                                                    base_model_name_or_path="minilora-digits-base")["bytes"]
                        for task in TASKS}
         full_path = os.path.join(out_dir, "base_model.safetensors")
-        sizes_bytes["full_model"] = save_model(base, full_path)
+        sizes_bytes["full_model"] = save_weights(base, full_path)
 
         fresh = MLP(sizes, activation="relu", seed=seed + 100, device=device)  # wrong weights...
-        load_model_weights(fresh, full_path)  # ...until the base file is read
+        load_weights(fresh, full_path)  # ...until the base file is read
         for task in TASKS:
             adapters.load_adapter(fresh, paths[task], adapter_name=task, activate=False)
         x_any = data["upright"][2]
@@ -108,7 +103,7 @@ def run(quick: bool = False, seed: int = 0, device: str = "cpu", progress: bool 
         t_load = median_time(lambda: reload(True), repeats)
         t_load_nofp = median_time(lambda: reload(False), repeats)
         plain = MLP(sizes, activation="relu", seed=seed + 100, device=device)  # a base without adapters
-        t_full = median_time(lambda: load_model_weights(plain, full_path), repeats)
+        t_full = median_time(lambda: load_weights(plain, full_path), repeats)
     finally:
         if tmp is not None:
             tmp.cleanup()
