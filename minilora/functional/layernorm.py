@@ -60,6 +60,12 @@ def layernorm_backward(dout, cache: LayerNormCache, need=ALL):
         mean_dxhat = xp.mean(dxhat, axis=-1, keepdims=True)  # (..., 1)
         mean_dxhat_xhat = xp.mean(dxhat * xhat, axis=-1, keepdims=True)  # (..., 1)
         dx = rstd * (dxhat - mean_dxhat - xhat * mean_dxhat_xhat)  # (..., C)
+    return dx, affine_grads(dout, xhat, need)
+
+
+def affine_grads(dout, xhat, need=ALL):
+    """dγ = Σ_rows dout ⊙ x̂,   dβ = Σ_rows dout   (those named in ``need``)."""
+    xp = namespace(dout, xhat)
     C = xhat.shape[-1]
     dout2 = xp.reshape(dout, (-1, C))  # (N, C)  all leading axes are rows
     xhat2 = xp.reshape(xhat, (-1, C))  # (N, C)
@@ -68,4 +74,4 @@ def layernorm_backward(dout, cache: LayerNormCache, need=ALL):
         grads["gamma"] = xp.sum(dout2 * xhat2, axis=0)
     if "beta" in need:
         grads["beta"] = xp.sum(dout2, axis=0)
-    return dx, grads
+    return grads
