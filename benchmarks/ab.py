@@ -2,6 +2,7 @@
 
     python benchmarks/ab.py --a /path/to/old/checkout --b .          # old vs this tree
     python benchmarks/ab.py --a . --b . --reference                  # + B on its reference pairs
+    python benchmarks/ab.py --a . --b . --reference-names gelu       # + B with only GELU's reference
 
 Each round times one training step (forward, loss, backward, AdamW) of every implementation of a
 (configuration, variant), in an order that rotates from round to round; the machine's load
@@ -30,7 +31,7 @@ os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")  # as bench.py: sleeping B
 import numpy as np  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench import CONFIGS, R, ALPHA, TINY, _cpu_name, data, loss_name  # noqa: E402
+from bench import CONFIGS, R, ALPHA, TINY, _cpu_name, blas_kernels, data, loss_name  # noqa: E402
 
 
 def load(checkout: str, name: str):
@@ -47,8 +48,8 @@ def load(checkout: str, name: str):
 class Side:
     """One checkout: builds the benchmark's models and runs their steps."""
 
-    def __init__(self, pkg, label: str, reference: bool = False):
-        self.pkg, self.label, self.reference = pkg, label, reference
+    def __init__(self, pkg, label: str, reference=False):
+        self.pkg, self.label, self.reference = pkg, label, reference  # True, or a list of names
         block_backward = inspect.signature(pkg.nn.Block.backward).parameters
         self.old_api = "need_dx" in block_backward  # before plan_backward: a need_dx argument
 
@@ -73,7 +74,8 @@ class Side:
         x, y = data(cfg)
         loss_forward, loss_backward = pkg.functional.losses.LOSSES[loss_name(cfg)]
         old_block = self.old_api and cfg.kind == "block"
-        switch = pkg.fast.reference if self.reference else contextlib.nullcontext
+        names = self.reference if isinstance(self.reference, list) else []
+        switch = (lambda: pkg.fast.reference(*names)) if self.reference else contextlib.nullcontext
 
         def step():
             with switch():
@@ -112,18 +114,28 @@ def main(argv=None):
     p.add_argument("--a", required=True, help="checkout A (the baseline)")
     p.add_argument("--b", default=".", help="checkout B (default: this tree)")
     p.add_argument("--reference", action="store_true", help="also time B on its reference pairs")
+    p.add_argument("--reference-names", default=None,
+                   help="comma-separated: the third column runs only these on the reference "
+                        "(e.g. gelu; names from minilora.fast.USE_FAST); implies --reference")
     p.add_argument("--rounds", type=int, default=15)
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--tiny", action="store_true", help="tiny shapes (a smoke run)")
     p.add_argument("--configs", default=None, help="comma-separated indices into the list")
     args = p.parse_args(argv)
     sides = [Side(load(args.a, "minilora_a"), "A"), Side(load(args.b, "minilora_b"), "B")]
+    if args.reference_names:
+        args.reference = True
     if args.reference:
-        sides.append(Side(sys.modules["minilora_b"], "B reference", reference=True))
+        names = args.reference_names.split(",") if args.reference_names else True
+        sides.append(Side(sys.modules["minilora_b"], "B reference", reference=names))
     configs = TINY if args.tiny else CONFIGS
     if args.configs:
         configs = [configs[int(i)] for i in args.configs.split(",")]
-    print(f"CPU: {_cpu_name()}; numpy {np.__version__}; A = {args.a}, B = {args.b}; "
+    from threadpoolctl import threadpool_info
+
+    print(f"CPU: {_cpu_name()}; {blas_kernels({'threadpools': threadpool_info()})}; "
+          f"numpy {np.__version__}; A = {args.a}, B = {args.b}; "
+          + (f"reference column: {args.reference_names}; " if args.reference_names else "") +
           f"{args.rounds} rounds, medians of per-round ratios")
     head = "| configuration | variant | A ms | B ms | B / A |"
     if args.reference:

@@ -574,9 +574,26 @@ def _header(text_cols, number_cols):
             "|" + "---|" * len(text_cols) + "---:|" * len(number_cols)]
 
 
+def blas_kernels(info) -> str:
+    """The BLAS libraries loaded, with their kernel: 'openblas 0.3.31 (Haswell kernel)'."""
+    pools = info.get("threadpools")
+    if not isinstance(pools, list):
+        return "BLAS unknown (threadpoolctl not installed)"
+    names = []
+    for p in pools:
+        if p.get("user_api") == "blas":
+            name = f"{p.get('internal_api')} {p.get('version')}"
+            if p.get("architecture"):
+                name += f" ({p['architecture']} kernel)"
+            if name not in names:
+                names.append(name)
+    return "BLAS " + (", ".join(names) if names else "none found")
+
+
 def markdown(results, info, use_torch, args):
     L = []
-    L.append(f"Measured {time.strftime('%Y-%m-%d %H:%M')}: {info['processor']}, {info['threads']} threads "
+    L.append(f"Measured {time.strftime('%Y-%m-%d %H:%M')}: {info['processor']}, {blas_kernels(info)}, "
+             f"{info['threads']} threads "
              f"(NumPy {info['numpy']}" + (f", PyTorch {info['torch']}, PEFT {info.get('peft')}" if use_torch else "")
              + f"), load average at start {info['load_average'][0]:.2f}; "
              f"{args.rounds} rounds after {args.warmup} warm-up, medians; "

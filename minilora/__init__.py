@@ -7,6 +7,7 @@ from .adapters import load_adapter, save_adapter
 from .checkpoint import load_weights, save_weights
 from .data.text import CharTokenizer
 from .data.text import batches as text_batches
+from .fast.runtime import blas_threads
 from .experiments.gpt_demo import generate_text, pretrained_gpt, text_loss
 from .gradcheck import check_model, check_pair, rel_error
 from .nn import GPT, MLP, GPTConfig, Linear, LoRALinear, Module, add_lora

@@ -2,6 +2,7 @@
 
     minilora demo [mlp|gpt|adapters] [--quick] [--seed N] [--device cpu|cuda] [--no-progress]
     minilora demo gpt --no-cache     # train the GPT base now; neither read nor write its cache
+    minilora demo --blas-threads all # BLAS on every core (default auto: one thread for small models)
     minilora gradcheck [--full] [--no-torch]
 
 Bad values are argparse errors that name the flag and the value (exit status 2, no traceback).
@@ -9,6 +10,7 @@ Bad values are argparse errors that name the flag and the value (exit status 2, 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import sys
 
@@ -32,6 +34,19 @@ def non_negative_int(value: str) -> int:
     return n
 
 
+def blas_threads_arg(value: str):
+    """argparse type for --blas-threads: 'auto', 'all' or a positive integer."""
+    if value in ("auto", "all"):
+        return value
+    try:
+        n = int(value, 10)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"expected 'auto', 'all' or a positive integer, got {value!r}")
+    return n
+
+
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
 
@@ -48,6 +63,9 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--no-progress", action="store_true", help="hide progress bars")
     d.add_argument("--no-cache", action="store_true",
                    help="gpt only: train the base now; neither read nor write the cached base")
+    d.add_argument("--blas-threads", type=blas_threads_arg, default="auto", metavar="{auto,all,N}",
+                   help="NumPy's BLAS threads: auto (default: one thread for small models, "
+                        "docs/performance.md), all (BLAS's own count) or N")
 
     g = sub.add_parser("gradcheck", help="finite-difference check of every backward (and PyTorch when installed)")
     g.add_argument("--full", action="store_true", help="larger shapes (slower)")
@@ -82,8 +100,13 @@ def main(argv=None) -> int:
             return usage_error(parser, f"argument --device: {args.device!r}: {e}")
         module = importlib.import_module(DEMOS[args.which])
         extra = {"cache": not args.no_cache} if args.which == "gpt" else {}
-        module.run(quick=args.quick, seed=args.seed, device=args.device, progress=not args.no_progress,
-                   **extra)
+        threads = contextlib.nullcontext()  # auto: each fit chooses by the size of its model
+        if args.blas_threads != "auto":
+            from .fast.runtime import blas_threads
+            threads = blas_threads(None if args.blas_threads == "all" else args.blas_threads)
+        with threads:
+            module.run(quick=args.quick, seed=args.seed, device=args.device, progress=not args.no_progress,
+                       **extra)
         return 0
     if args.command == "gradcheck":
         module = importlib.import_module("minilora.experiments.gradcheck_report")

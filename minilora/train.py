@@ -1,11 +1,14 @@
 """Training: one step (forward, loss, backward, update) and a loop with a progress bar."""
 from __future__ import annotations
 
+import contextlib
+import itertools
 import math
 import sys
 import time
 
 from . import backend, checks
+from .fast import runtime
 from .functional.losses import LOSSES
 
 
@@ -29,21 +32,51 @@ def train_step(model, optimizer, x, y, loss: str = "cross_entropy") -> float:
 
 
 def fit(model, optimizer, batches, steps: int, loss: str = "cross_entropy", progress: bool = True,
-        desc: str = "train") -> dict:
+        desc: str = "train", blas_threads="auto") -> dict:
     """Run ``steps`` training steps over ``batches``: any iterable of ``(x, y)`` — an iterator,
     a generator, a list (``itertools.cycle(a_list)`` to go round it more than once).
 
     ``progress``: a bar on a terminal; when the output is not a terminal (a log, CI), no bar but
     one summary line at the end. Raises ``ValueError`` if ``batches`` runs out before ``steps``.
+    ``blas_threads``: ``"auto"`` (default) runs NumPy's BLAS on one thread when the first batch's
+    largest product is small (``fast.runtime.blas_threads_for``; a small model gains nothing from
+    BLAS threads and loses much on a busy machine), unless the caller chose inside a
+    ``minilora.blas_threads(n)`` block; a positive int sets the count; None leaves it as it is.
     Returns ``{"losses": [...], "step_time": median seconds per step}``.
     """
-    from tqdm import tqdm  # plain text bars: they also work in Jupyter without ipywidgets
-
     if not checks.is_int(steps) or steps < 0:
         raise ValueError(f"fit: steps must be a non-negative int, got {steps!r}")
     if loss not in LOSSES:
         raise ValueError(f"fit: unknown loss {loss!r}; losses are {sorted(LOSSES)}")
+    if not (blas_threads in ("auto", None) or (checks.is_int(blas_threads) and blas_threads >= 1)):
+        raise ValueError(f"fit: blas_threads must be 'auto', None or a positive int, got {blas_threads!r}")
     batches = iter(batches)
+    threads = contextlib.nullcontext()
+    if blas_threads != "auto":
+        threads = runtime.blas_threads(None if blas_threads is None else int(blas_threads))
+    elif steps > 0 and not runtime.chosen_blas_threads():
+        first = next(batches, None)  # the first batch decides; it is put back
+        if first is not None:
+            batches = itertools.chain([first], batches)
+            x = first[0] if isinstance(first, (tuple, list)) and first else None
+            if hasattr(x, "shape"):
+                threads = runtime.auto_blas_threads(largest_product(model, x))
+    with threads:
+        return _fit(model, optimizer, batches, steps, loss, progress, desc)
+
+
+def largest_product(model, x) -> int:
+    """Multiply-adds of the biggest matrix product a step of ``model`` on ``x`` can contain:
+    the rows of ``x`` (one per token for integer ids, one per vector otherwise) times the size
+    of the model's largest weight matrix."""
+    rows = x.size if backend.dtype_name(x).startswith(("int", "uint")) or x.ndim < 2 else x.size // x.shape[-1]
+    biggest = max((p.size for p in model.named_parameters().values() if p.ndim == 2), default=0)
+    return int(rows) * int(biggest)
+
+
+def _fit(model, optimizer, batches, steps, loss, progress, desc) -> dict:
+    from tqdm import tqdm  # plain text bars: they also work in Jupyter without ipywidgets
+
     model.train()
     losses, times = [], []
     # disable=None: tqdm switches itself off when its stream is not a terminal

@@ -9,8 +9,9 @@ should catch it.
 The repository is copied once per job into a temporary directory (the working tree is never
 touched). For each mutant the runner replaces ``original`` by ``replacement`` in the copy (a
 mutant whose snippet is not found exactly once is stale: the run stops and names it), runs
-``pytest -x -q -p no:randomly`` on the mutant's test files with that copy first on PYTHONPATH,
-restores the file, and records
+``pytest -x -q -n 0 -p no:randomly`` (``-n 0``: no xdist workers, the runner has its own
+``--jobs``) on the mutant's test files with that copy first on PYTHONPATH, restores the file,
+and records
 
     killed    a test failed (or the tests could not be collected because of the mutant)
     timeout   the tests ran past --timeout: counted as killed (the bug hangs something)
@@ -50,7 +51,7 @@ def IGNORE(directory, names):
     if Path(directory) == ROOT / "mutation":  # earlier results
         skip |= {n for n in names if n.startswith("results") and n.endswith(".json")}
     return skip
-PYTEST = ["-x", "-q", "-p", "no:randomly", "-p", "no:cacheprovider", "--hypothesis-seed=0"]
+PYTEST = ["-x", "-q", "-n", "0", "-p", "no:randomly", "-p", "no:cacheprovider", "--hypothesis-seed=0"]
 
 
 # ----------------------------------------------------------------------------- selection

@@ -39,6 +39,7 @@ from ..functional.losses import softmax_cross_entropy_forward
 from ..nn.lora import add_lora
 from ..nn.transformer import GPT, GPTConfig
 from ..optim import AdamW
+from ..fast.runtime import auto_blas_threads
 from ..train import fit
 
 SIX = ("q", "k", "v", "o", "fc1", "fc2")
@@ -199,6 +200,15 @@ def pretrained_gpt(quick: bool = False, seed: int = 0, device: str = "cpu", cach
 def run(quick: bool = False, seed: int = 0, device: str = "cpu", progress: bool = True,
         cache: bool = True) -> dict:
     """Pretrain on prose (or load the cached base), adapt to Python four ways, print the report."""
+    s, config = settings(quick)
+    C = config.n_embd
+    # the whole demo on the BLAS threads its size calls for: a batch's rows times the largest
+    # weight (fc1's 4C x C, or the V x C embedding the LM head shares)
+    with auto_blas_threads(s["batch"] * config.n_ctx * max(4 * C * C, config.vocab_size * C)):
+        return _run(quick, seed, device, progress, cache)
+
+
+def _run(quick, seed, device, progress, cache) -> dict:
     t_start = time.perf_counter()
     s, config = settings(quick)
     T = config.n_ctx

@@ -12,6 +12,7 @@ None of this is math; it is how the fast pairs in ``minilora/fast/`` make NumPy 
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 from concurrent.futures import ThreadPoolExecutor, wait
@@ -142,3 +143,71 @@ def _reset_in_forked_child():
 
 if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_reset_in_forked_child)
+
+
+# ---- BLAS threads per problem size -------------------------------------------------------------
+# OpenBLAS hands every product to all of its threads. For the small products of the demos and the
+# tests (a 64-row batch through 256-wide layers) the hand-off costs more than the second core
+# gives, and on a busy machine it is far worse: a thread that finishes waits, spinning, for one
+# that was descheduled (`minilora demo` took 57 s on two BLAS threads next to one other process,
+# 13 s on one). Products below BLAS_THREADED_MIN_MACS multiply-adds therefore run on one thread
+# inside `fit`; larger ones keep BLAS's own count. (benchmarks/blas_threads.py measures both.)
+BLAS_THREADED_MIN_MACS = 1 << 26  # 67M: the GPT demo's 33M runs on one thread, the benchmark's 103M+ on all
+_blas_choice = None  # the innermost blas_threads() in force on the main thread, if any
+_NO_CHOICE = object()
+
+
+def blas_threads_for(macs: int) -> int | None:
+    """The BLAS thread count `fit` uses for a step whose largest product has ``macs``
+    multiply-adds: 1 below ``BLAS_THREADED_MIN_MACS``, else None (BLAS's own count)."""
+    return 1 if macs < BLAS_THREADED_MIN_MACS else None
+
+
+class blas_threads:
+    """``with blas_threads(n):`` run BLAS (NumPy's OpenBLAS/MKL, via threadpoolctl) on ``n``
+    threads inside the block; the count found on entry is restored on exit.
+
+    ``n=None`` leaves BLAS's count as it is. Either way the block is an explicit choice, so
+    ``fit(blas_threads="auto")`` inside it does not choose again. BLAS's count is process-wide
+    and a limit is a save/restore pair, so only the main thread sets it; on other threads the
+    block changes nothing (two overlapping save/restore pairs would leave the wrong count).
+    """
+
+    def __init__(self, n: int | None):
+        if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 1):
+            raise ValueError(f"blas_threads: n must be a positive int or None, got {n!r}")
+        self.n, self._limiter, self._outer = n, None, _NO_CHOICE
+
+    def __enter__(self):
+        global _blas_controller, _blas_choice
+        if threading.current_thread() is not threading.main_thread():
+            return self
+        self._outer, _blas_choice = _blas_choice, self
+        if self.n is not None:
+            if _blas_controller is None:
+                _blas_controller = ThreadpoolController()
+            self._limiter = _blas_controller.limit(limits=self.n, user_api="blas")
+        return self
+
+    def __exit__(self, *exc):
+        global _blas_choice
+        if self._outer is _NO_CHOICE:
+            return False
+        if self._limiter is not None:
+            self._limiter.__exit__(*exc)  # restores the count found on entry
+            self._limiter = None
+        _blas_choice, self._outer = self._outer, _NO_CHOICE
+        return False
+
+
+def chosen_blas_threads() -> bool:
+    """True inside a ``blas_threads(...)`` block on the main thread."""
+    return _blas_choice is not None
+
+
+def auto_blas_threads(macs: int):
+    """``blas_threads(blas_threads_for(macs))``, unless a caller already chose (then a block
+    that changes nothing): what ``fit`` and the demos use."""
+    if chosen_blas_threads():
+        return contextlib.nullcontext()
+    return blas_threads(blas_threads_for(macs))
