@@ -307,8 +307,9 @@ def test_missing_torch_gives_a_clear_error(monkeypatch, capsys):
 
 
 def test_crosscheck_tests_skip_with_a_reason_without_torch():
+    # -n 0: the tests run in this process, where torch is blocked (xdist's workers would not be)
     code = ("import sys; sys.modules['torch'] = None; import pytest; "
-            "sys.exit(pytest.main(['-q', '-rs', '-p', 'no:cacheprovider', 'tests/test_crosscheck.py']))")
+            "sys.exit(pytest.main(['-q', '-rs', '-n', '0', '-p', 'no:cacheprovider', 'tests/test_crosscheck.py']))")
     done = subprocess.run([sys.executable, "-c", code], check=False, capture_output=True, text=True, timeout=120,
                           cwd=__file__.rsplit("/tests/", 1)[0])
     assert done.returncode in (0, 5), done.stdout + done.stderr  # 5: the whole module skipped
