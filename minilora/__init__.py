@@ -8,7 +8,8 @@ from .checkpoint import load_weights, save_weights
 from .data.text import CharTokenizer
 from .data.text import batches as text_batches
 from .fast.runtime import blas_threads
-from .experiments.gpt_demo import generate_text, pretrained_gpt, text_loss
+from .experiments.gpt_demo import pretrained_gpt
+from .language import generate_text, text_loss
 from .gradcheck import check_model, check_pair, rel_error
 from .nn import GPT, MLP, GPTConfig, Linear, LoRALinear, Module, add_lora
 from .optim import SGD, AdamW

@@ -14,7 +14,7 @@ once::
     with minilora.fast.reference():             # everything on the reference pairs
         loss = ml.train_step(model, opt, x, y)
 
-A pair is fast by default where it was measured faster (docs/performance.md). A forward and
+Every pair is fast by default; docs/performance.md measures what each one saves. A forward and
 its backward come from the same row, so a cache always meets the backward that understands it.
 """
 from __future__ import annotations
@@ -50,7 +50,8 @@ UPDATES = {
     "adamw": (ref_optim.adamw_update, fast_optim.adamw_update),
 }
 
-# The switch: True runs the fast version. Every entry is measured faster on NumPy.
+# The switch: True runs the fast version. GELU, attention and AdamW measure 8-88% of a step
+# faster on NumPy; linear, LoRA, ReLU and LayerNorm within ±3% (docs/performance.md).
 USE_FAST = {name: True for name in (*PAIRS, *UPDATES)}
 
 
