@@ -4,6 +4,7 @@
     minilora demo gpt --no-cache     # train the GPT base now; neither read nor write its cache
     minilora demo --blas-threads all # BLAS on every core (default auto: one thread for small models)
     minilora gradcheck [--full] [--no-torch]
+    minilora exercise list | get NAME [--dir DIR] [--force] | grade FILE.py (or NAME --dir DIR)
 
 Bad values are argparse errors that name the flag and the value (exit status 2, no traceback).
 """
@@ -70,7 +71,22 @@ def build_parser() -> argparse.ArgumentParser:
     g = sub.add_parser("gradcheck", help="finite-difference check of every backward (and PyTorch when installed)")
     g.add_argument("--full", action="store_true", help="larger shapes (slower)")
     g.add_argument("--no-torch", action="store_true", help="skip the PyTorch comparison")
+
+    from .exercises.specs import NAMES as EXERCISES
+
+    e = sub.add_parser("exercise", help="graded exercises: write a backward by hand, then grade it "
+                                        "(docs/exercises.md)")
+    ex = e.add_subparsers(dest="action", required=True, metavar="{list,get,grade}")
+    ex.add_parser("list", help="the exercises, one line each")
+    eg = ex.add_parser("get", help="write an exercise's skeleton NAME.py (never over an existing file)")
+    eg.add_argument("name", choices=[*EXERCISES, "all"], help="the exercise, or all of them")
+    eg.add_argument("--dir", default=".", help="where to write it (default: the current directory)")
+    eg.add_argument("--force", action="store_true", help="replace an existing file (the work in it is lost)")
+    er = ex.add_parser("grade", help="grade a filled-in skeleton: exit status 0 when every gradient passes")
+    er.add_argument("target", metavar="FILE_OR_NAME", help="the file (DIR/NAME.py), or an exercise's NAME")
+    er.add_argument("--dir", default=None, help="with a NAME: the directory holding NAME.py (default: .)")
     p.demo_parser = d  # for errors found after parsing, in the words argparse uses for `demo`'s
+    p.grade_parser = er
     return p
 
 
@@ -111,6 +127,18 @@ def main(argv=None) -> int:
     if args.command == "gradcheck":
         module = importlib.import_module("minilora.experiments.gradcheck_report")
         return module.main(full=args.full, torch=not args.no_torch)
+    if args.command == "exercise":
+        from .exercises import command
+
+        if args.action == "list":
+            return command.list_exercises()
+        if args.action == "get":
+            return command.get(args.name, args.dir, force=args.force)
+        path = command.target_path(args.target, args.dir)
+        if not path.is_file():
+            return usage_error(parser.grade_parser, f"argument FILE_OR_NAME: no file {str(path)!r} "
+                                                    f"(write one with `minilora exercise get NAME`)")
+        return command.grade(path)
     return 2  # pragma: no cover
 
 

@@ -381,13 +381,32 @@ def test_load_config_from_another_save(saved):
 
 
 @pytest.mark.parametrize("field, value", [("bias", "all"), ("use_dora", True), ("fan_in_fan_out", True),
-                                          ("peft_type", "IA3")])
+                                          ("peft_type", "IA3"), ("alora_invocation_tokens", [1, 2]),
+                                          ("monteclora_config", {"n": 4}), ("arrow_config", {"top_k": 2}),
+                                          ("use_bdlora", True), ("kasa_config", {"a": 1}),
+                                          ("velora_config", {"v": 1}), ("lora_ga_config", {"g": 1}),
+                                          ("init_lora_weights", "pissa"), ("init_lora_weights", "olora"),
+                                          ("init_lora_weights", "loftq"), ("a_future_peft_option", True)])
 def test_load_unsupported_config(saved, field, value):
     d, m = saved
     cfg = json.loads((d / "adapter_config.json").read_text())
     cfg[field] = value
     (d / "adapter_config.json").write_text(json.dumps(cfg))
     fails(d, m, "adapter_config.json", field)
+
+
+@pytest.mark.parametrize("field, value", [("init_lora_weights", "gaussian"), ("init_lora_weights", False),
+                                          ("a_future_peft_option", None), ("eva_config", None),
+                                          ("qalora_group_size", 16), ("ensure_weight_tying", False)])
+def test_load_accepts_fields_that_leave_the_math_alone(saved, field, value):
+    d, m = saved
+    cfg = json.loads((d / "adapter_config.json").read_text())
+    cfg[field] = value
+    (d / "adapter_config.json").write_text(json.dumps(cfg))
+    ad.load_adapter(m, d, adapter_name="new")
+    want = trained()
+    for path, layer in m.lora_layers().items():
+        assert np.array_equal(layer.adapters["new"].params["B"], want.get_module(path).adapters["task"].params["B"])
 
 
 def test_load_missing_file(saved):

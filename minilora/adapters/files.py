@@ -126,6 +126,24 @@ UNSUPPORTED = {
     "bias": ("none",), "fan_in_fan_out": (False,), "use_dora": (False, None), "lora_bias": (False, None),
     "modules_to_save": (None, []), "layers_to_transform": (None, []), "layer_replication": (None,),
     "target_parameters": (None, []), "use_qalora": (False, None), "trainable_token_indices": (None,),
+    # PEFT 0.21's variants that change the forward or the base (aLoRA, MonteCLoRA, Arrow, BD-LoRA,
+    # KaSA, VeLoRA, LoRA-GA): refused rather than loaded as a plain LoRA with other numbers
+    "alora_invocation_tokens": (None,), "monteclora_config": (None,), "arrow_config": (None,),
+    "use_bdlora": (None, False), "kasa_config": (None,), "velora_config": (None,), "lora_ga_config": (None,),
+}
+# init_lora_weights values whose adapter is trained against a plain base: the init is only where
+# A and B started. PiSSA, OLoRA, CorDA, LoftQ, EVA-style inits that rewrite W (W - s B A) are not:
+# their adapter only gives the trained outputs on the rewritten base.
+PLAIN_INITS = (True, False, "gaussian")
+# Every other field PEFT 0.21's LoraConfig writes: metadata or settings that leave the math as is.
+# A field outside both lists, with a value other than null/false/empty, is refused: a newer PEFT's
+# option is taken to change the math until minilora knows it does not.
+KNOWN_HARMLESS = {
+    "task_type", "peft_type", "auto_mapping", "peft_version", "base_model_name_or_path", "revision",
+    "inference_mode", "r", "target_modules", "exclude_modules", "lora_alpha", "lora_dropout",
+    "use_rslora", "init_lora_weights", "layers_pattern", "rank_pattern", "alpha_pattern",
+    "megatron_config", "megatron_core", "loftq_config", "eva_config", "corda_config",
+    "qalora_group_size", "runtime_config", "ensure_weight_tying",
 }
 
 
@@ -145,6 +163,15 @@ def _parse_config(cfg, where: str) -> dict:
     for key, ok in UNSUPPORTED.items():
         if key in cfg and cfg[key] not in ok:
             raise bad(key, f"{cfg[key]!r} is not supported by minilora (only {ok[0]!r})")
+    for key, value in cfg.items():
+        if key not in UNSUPPORTED and key not in KNOWN_HARMLESS and value not in (None, False, {}, [], ""):
+            raise bad(key, f"{value!r:.80}: a field minilora does not know, so it may change the math; "
+                           "it is refused (remove it if it does not)")
+    init = cfg.get("init_lora_weights", True)
+    if init not in PLAIN_INITS:
+        raise bad("init_lora_weights", f"{init!r} trains the adapter against a rewritten base (W - s B A); "
+                  "minilora loads plain LoRA only: convert it in PEFT first (save_pretrained(..., "
+                  "path_initial_model_for_weight_conversion=...)), which makes it apply to the original base")
     r = cfg.get("r")
     if not positive(r, int):
         raise bad("r", f"must be a positive int, got {r!r}")
@@ -178,7 +205,6 @@ def _parse_config(cfg, where: str) -> dict:
     rslora = cfg.get("use_rslora", False)
     if not isinstance(rslora, bool):
         raise bad("use_rslora", f"must be true or false, got {rslora!r}")
-    init = cfg.get("init_lora_weights", True)
     return {
         "r": r, "alpha": float(alpha), "targets": targets, "exclude": exclude,
         "rank_pattern": patterns["rank_pattern"], "alpha_pattern": patterns["alpha_pattern"],
