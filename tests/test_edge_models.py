@@ -310,3 +310,29 @@ def test_greedy_generation_reads_the_last_n_ctx_ids():
     for t in range(4, 12):  # every step past the context length crops to the last n_ctx = 6 ids
         ctx = out[:, max(0, t - 6):t]
         np.testing.assert_array_equal(out[:, t], m.forward(ctx)[:, -1].argmax(-1), err_msg=f"step {t}")
+
+
+# ----------------------------------------------------------------------------- stale caches
+
+
+@pytest.mark.parametrize("what", ["B", "A", "W"])
+def test_backward_refuses_a_cache_older_than_an_assigned_parameter(what):
+    # adapter.B = ... clears the adapter's own cache, but the forward cache lives in the
+    # LoRALinear: without the check, backward differentiated the old B (dA came out 0)
+    import minilora as ml
+
+    rng = np.random.default_rng(0)
+    layer = ml.LoRALinear(ml.Linear(5, 4, seed=0))
+    layer.add_adapter("default", r=2, alpha=4, seed=1)
+    layer.set_active("default")
+    layer.adapters["default"].B = rng.standard_normal((4, 2)).astype(np.float32)  # B != 0: dA != 0
+    x = rng.standard_normal((3, 5)).astype(np.float32)
+    dout = rng.standard_normal((3, 4)).astype(np.float32)
+    layer.forward(x)
+    owner = layer.base if what == "W" else layer.adapters["default"]
+    setattr(owner, what, rng.standard_normal(owner.params[what].shape).astype(np.float32))
+    with pytest.raises(RuntimeError, match=rf"{'base' if what == 'W' else 'default'}\.{what} was replaced after forward"):
+        layer.backward(dout)
+    layer.forward(x)  # a fresh forward: the backward runs on the new array
+    layer.backward(dout)
+    assert np.any(layer.adapters["default"].grads["A"] != 0) or what == "W"

@@ -185,6 +185,7 @@ class LoRALinear(Module):
         x_wanted = {"x"} if self.need_dx else set()
         base_wanted = self.base.trainable_names()  # usually none: LoRA freezes the base
         _, linear_backward = fast.pair("linear")
+        self._check_cache_is_current(kind, cache)
         if kind == "base":
             dx, self.base.grads = linear_backward(dout, cache, need=base_wanted | x_wanted)
             return dx
@@ -193,6 +194,24 @@ class LoRALinear(Module):
         dx, ad.grads = lora_backward(dout, cache, need=ad.trainable_names() | x_wanted)
         _, self.base.grads = linear_backward(dout, LinearCache(cache.x, cache.W), need=base_wanted)
         return dx
+
+
+    def _check_cache_is_current(self, kind, cache):
+        """The cache holds the arrays the forward used; a parameter assigned since then (``layer.base.W
+        = ...``, ``adapter.B = ...`` clear only their own module's cache) would make the backward
+        differentiate the old weights. Refused instead."""
+        used = {"base.W": cache.W}
+        if kind == "lora":
+            used.update({f"{self.active}.A": cache.A, f"{self.active}.B": cache.B})
+        now = {"base.W": self.base.params["W"]}
+        if kind == "lora":
+            ad = self.adapters.get(self.active)
+            now.update({f"{self.active}.A": ad.params["A"] if ad else None,
+                        f"{self.active}.B": ad.params["B"] if ad else None})
+        changed = [name for name in used if used[name] is not now[name]]
+        if changed:
+            raise RuntimeError(f"{self.label}: {', '.join(changed)} was replaced after forward; run forward "
+                               "again before backward (the cache holds the old array)")
 
 
 # ----------------------------------------------------------------------------- placement
