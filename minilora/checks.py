@@ -261,3 +261,88 @@ def mse_inputs(pred, target) -> None:
         )
     if pred.size == 0:
         raise ValueError(f"mse: pred and target are empty (shape {tuple(pred.shape)})")
+
+
+# ----------------------------------------------------------------------------- the Llama pairs
+
+
+def rmsnorm_inputs(x, gamma, eps) -> None:
+    """x (..., C), gamma (C,), one dtype, eps > 0 and finite."""
+    floats("rmsnorm", x=x, gamma=gamma)
+    C = x.shape[-1] if x.ndim else None
+    if tuple(gamma.shape) != (C,):
+        raise ValueError(
+            f"rmsnorm: x has shape {tuple(x.shape)}, so gamma must have shape ({C},); "
+            f"got gamma {tuple(gamma.shape)}"
+        )
+    finite_number("rmsnorm", "eps", eps, positive=True)
+
+
+def rope_table_inputs(T, hd, base, offset, dtype) -> None:
+    """T >= 1 positions, an even head width hd >= 2, base > 0, offset >= 0, a floating dtype."""
+    positive_int("rope_tables", "T", T)
+    if not is_int(hd) or hd < 2 or hd % 2:
+        raise ValueError(f"rope_tables: hd must be an even positive int (pairs i, i + hd/2), got {hd!r}")
+    finite_number("rope_tables", "base", base, positive=True)
+    if not is_int(offset) or offset < 0:
+        raise ValueError(f"rope_tables: offset must be an int >= 0 (the first position), got {offset!r}")
+    if dtype not in FLOAT_DTYPES:
+        raise ValueError(f"rope_tables: dtype must be one of {FLOAT_DTYPES}, got {dtype!r}")
+
+
+def rope_inputs(x, cos, sin) -> None:
+    """x (B, H, T, hd) with hd even; cos and sin (T, hd); one floating dtype."""
+    floats("rope", x=x, cos=cos, sin=sin)
+    if x.ndim != 4:
+        raise ValueError(f"rope: x must be 4-D (B, H, T, hd), got shape {tuple(x.shape)}")
+    T, hd = x.shape[2], x.shape[3]
+    if hd % 2:
+        raise ValueError(
+            f"rope: x has shape {tuple(x.shape)}; its head width hd = {hd} must be even "
+            "(channels i and i + hd/2 rotate as a pair)"
+        )
+    if tuple(cos.shape) != (T, hd) or tuple(sin.shape) != (T, hd):
+        raise ValueError(
+            f"rope: x has shape {tuple(x.shape)}, so cos and sin must have shape (T, hd) = "
+            f"({T}, {hd}); got cos {tuple(cos.shape)} and sin {tuple(sin.shape)}"
+        )
+
+
+def swiglu_inputs(gate, up) -> None:
+    """gate and up: one floating dtype, one shape."""
+    floats("swiglu", gate=gate, up=up)
+    if tuple(gate.shape) != tuple(up.shape):
+        raise ValueError(
+            f"swiglu: gate and up must share one shape, got gate {tuple(gate.shape)} and "
+            f"up {tuple(up.shape)}"
+        )
+
+
+def repeat_kv_inputs(k, n_rep) -> None:
+    """k (B, Hkv, T, hd) floating, n_rep a positive int."""
+    floats("repeat_kv", k=k)
+    if k.ndim != 4:
+        raise ValueError(f"repeat_kv: k must be 4-D (B, Hkv, T, hd), got shape {tuple(k.shape)}")
+    positive_int("repeat_kv", "n_rep", n_rep)
+
+
+def gqa_inputs(q, k, v) -> None:
+    """q (B, H, T, hd), k and v (B, Hkv, T, hd) with H a multiple of Hkv; one floating dtype."""
+    floats("gqa_attention", q=q, k=k, v=v)
+    shapes = f"q {tuple(q.shape)}, k {tuple(k.shape)}, v {tuple(v.shape)}"
+    if q.ndim != 4 or k.ndim != 4 or tuple(v.shape) != tuple(k.shape):
+        raise ValueError(
+            "gqa_attention: expected q (B, H, T, hd) and k, v of one shape (B, Hkv, T, hd), "
+            f"got {shapes}"
+        )
+    B, H, T, hd = q.shape
+    if (k.shape[0], k.shape[2], k.shape[3]) != (B, T, hd):
+        raise ValueError(
+            f"gqa_attention: q, k, v must agree on B, T and hd = ({B}, {T}, {hd}), got {shapes}"
+        )
+    Hkv = k.shape[1]
+    if Hkv < 1 or H % Hkv:
+        raise ValueError(
+            f"gqa_attention: the query heads H = {H} must be a multiple of the key/value heads "
+            f"Hkv = {Hkv}, got {shapes}"
+        )

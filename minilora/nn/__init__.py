@@ -1,5 +1,6 @@
 """Thin stateful modules built from ``minilora.functional`` (or its fast twins, ``minilora.fast``)."""
 from .linear import Linear
+from .llama import Llama, LlamaConfig
 from .lora import LoRAAdapter, LoRALinear, add_lora, layers_with, lora_layers, resolve_targets, wrap_with_lora
 from .mlp import MLP
 from .module import Module, ParamInfo
