@@ -11,8 +11,9 @@ from .fast.runtime import blas_threads
 from .experiments.gpt_demo import pretrained_gpt
 from .language import generate_text, text_loss
 from .gradcheck import check_model, check_pair, rel_error
-from .nn import GPT, MLP, GPTConfig, Linear, LoRALinear, Module, add_lora
+from .nn import GPT, MLP, GPTConfig, Linear, Llama, LlamaConfig, LoRALinear, Module, add_lora
 from .optim import SGD, AdamW
+from .pretrained import smollm2, smollm2_tokenizer
 from .train import fit, train_step
 
 __version__ = "0.1.0"
