@@ -109,3 +109,14 @@ def test_a_saved_adapter_loads_in_peft_on_the_transformers_model_with_the_same_l
     assert np.max(np.abs(got - base)) > 0.05 * np.max(np.abs(base))  # the adapter does act
     rel = np.max(np.abs(got - want)) / np.max(np.abs(want))
     assert rel <= 1e-4, rel
+
+
+def test_the_readme_smollm2_example_runs_as_written(capsys):
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    section = readme.split("## A real pretrained LLM", 1)[1].split("\n## ", 1)[0]
+    (block,) = [b.split("```", 1)[0] for b in section.split("```python\n")[1:]]
+    exec(compile(block, "README.md (SmolLM2)", "exec"), {})
+    out = capsys.readouterr().out.strip()
+    assert out == "Paris", out  # the model completes the prompt with " Paris"
