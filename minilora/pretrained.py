@@ -7,7 +7,8 @@
     logits = model.forward(ids)
 
 ``n_layer=k`` keeps the first k layers (a truncated model for tests and quick experiments: the
-same embedding, norm and head, fewer blocks).
+same embedding, norm and head, fewer blocks). ``quantized=True`` keeps the projections 4-bit
+(``QuantLinear``, docs/qlora.md).
 """
 from __future__ import annotations
 
@@ -33,14 +34,18 @@ def smollm2_config(n_layer: int | None = None, n_ctx: int = 2048, path=None) -> 
 
 
 def smollm2(n_layer: int | None = None, dtype: str = "float32", device: str = "cpu", n_ctx: int = 2048,
-            path=None) -> Llama:
+            path=None, quantized: bool = False) -> Llama:
     """SmolLM2-135M-Instruct as a minilora ``Llama``: every tensor dequantised from the GGUF file
-    (Q4_1 projections, Q8_0 embedding) to ``dtype``, the q/k rows in Hugging Face's order."""
+    (Q4_1 projections, Q8_0 embedding) to ``dtype``, the q/k rows in Hugging Face's order.
+
+    ``quantized=True`` keeps the 210 Q4_1 projections 4-bit, each a ``QuantLinear`` (QLoRA's
+    frozen base, host only: docs/qlora.md); the embedding and the norms are ``dtype`` as before.
+    Its logits equal the dequantised model's up to float32 rounding."""
     from .io.gguf import llama_weights, read_gguf, smollm2_path
 
     f = read_gguf(path or smollm2_path())
     config = smollm2_config(n_layer, n_ctx, f.path)
-    weights = llama_weights(f)
+    weights = llama_weights(f, quantized=quantized)
     keep = {k: v for k, v in weights.items()
             if not k.startswith("model.layers.") or int(k.split(".")[2]) < config.n_layer}
     return Llama.from_hf_state_dict(config, keep, dtype=dtype, device=device)

@@ -334,9 +334,13 @@ def read_adapter(model, directory, adapter_name="default", check_fingerprint=Tru
     plans = []
     for p in targeted:
         layer = model_layers[p]
-        W = (layer.base if isinstance(layer, LoRALinear) else layer).params["W"]
-        d_out, d_in = (int(s) for s in W.shape)
-        want_dtype = backend.dtype_name(W)
+        base = layer.base if isinstance(layer, LoRALinear) else layer
+        if "W" in base.params:
+            W = base.params["W"]
+            d_out, d_in = (int(s) for s in W.shape)
+            want_dtype = backend.dtype_name(W)
+        else:  # a 4-bit QuantLinear base: its adapters are float32 (nn/quantized.py)
+            d_out, d_in, want_dtype = base.d_out, base.d_in, "float32"
         kA, kB = found[(p, "A")], found[(p, "B")]
         for k in (kA, kB):
             tag = entries[k][0]

@@ -89,7 +89,9 @@ def _check_fingerprint(model, meta: dict, where: str) -> str:
             raise AdapterError(
                 f"{where}: key '__metadata__.minilora.base_sha256': fingerprint mismatch — base array "
                 f"{name!r} is {'missing from this model' if name not in ours else 'not in the saved base'}; "
-                "this adapter was trained on a different base model"
+                "this adapter was trained on a different base model (or on the same checkpoint held "
+                "4-bit on one side and float on the other, whose weights the fingerprint cannot compare: "
+                "then load with check_fingerprint=False)"
             )
         s, o = saved[name], ours[name]
         if s[:2] != o[:2]:

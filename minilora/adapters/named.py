@@ -180,7 +180,7 @@ def _install(model, name, plans, rslora=False, dropout=0.0, init="gaussian", tra
     for plan in plans:
         layer = wrap_with_lora(model, plan.path)
         ad = layer.add_adapter(name, plan.r, plan.alpha, rslora, dropout, init, seed=0)
-        xp = backend.namespace(layer.base.params["W"])
+        xp = backend.namespace(ad.params["A"])  # the adapter lives where its layer does
         for k, a in (("A", plan.A), ("B", plan.B)):
             ad.params[k] = backend.move(a, xp)
         if not trainable:

@@ -10,7 +10,7 @@ chooses); these are the ones the docs derive and the tests hold the fast ones to
 """
 from .activations import gelu_backward, gelu_forward, relu_backward, relu_forward
 from .linear import linear_backward, linear_forward
-from .lora import lora_backward, lora_delta, lora_forward, lora_scale
+from .lora import lora_backward, lora_delta, lora_forward, lora_scale, lowrank_backward, lowrank_forward
 from .losses import (
     log_softmax,
     softmax,

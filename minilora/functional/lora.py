@@ -94,3 +94,75 @@ def lora_backward(dout, cache: LoRACache, need=ALL):
 def lora_delta(A, B, scale: float):
     """ΔW = scale · B A   (d_out, d_in) — only for merging and analysis, never in the forward."""
     return scale * (B @ A)
+
+
+# ----------------------------------------------------------------------------- the low-rank path alone
+# For a base that is not a plain W (a 4-bit QuantLinear, ``nn/quantized.py``): the layer adds
+# base(x) and this path itself, h = base(x) + lowrank(x), and dx = base'(dout) + the dx below.
+
+
+class LowRankCache(NamedTuple):
+    x: object  # (..., d_in)  input
+    mask: object  # (..., d_in)  inverted-dropout mask, or None
+    x_drop: object  # (..., d_in)  x̃ = x ⊙ mask (x itself when mask is None)
+    u: object  # (..., r)     u = x̃ Aᵀ, the low-rank code
+    A: object  # (r, d_in)
+    B: object  # (d_out, r)
+    scale: float
+
+
+def _lowrank_inputs(layer: str, x, A, B, mask) -> None:
+    """x (..., d_in), A (r, d_in), B (d_out, r), mask shaped like x; one float dtype."""
+    checks.floats(layer, x=x, A=A, B=B, mask=mask)
+    if A.ndim != 2 or B.ndim != 2 or B.shape[1] != A.shape[0] or x.ndim < 1 or x.shape[-1] != A.shape[1]:
+        raise ValueError(f"{layer}: expected x (..., d_in), A (r, d_in), B (d_out, r) with one r and d_in; "
+                         f"got x {tuple(x.shape)}, A {tuple(A.shape)}, B {tuple(B.shape)}")
+    if mask is not None and tuple(mask.shape) != tuple(x.shape):
+        raise ValueError(f"{layer}: dropout mask has shape {tuple(mask.shape)}, expected x's {tuple(x.shape)}")
+
+
+def lowrank_forward(x, A, B, scale: float, mask=None, layer: str = "lowrank"):
+    """h_lr = scale · (x̃ Aᵀ) Bᵀ,   x̃ = x ⊙ mask  (mask None: x̃ = x)
+
+    ``lora_forward`` is ``linear_forward`` plus this.
+
+    Inputs:  x (..., d_in), A (r, d_in), B (d_out, r), scale (float),
+             mask (..., d_in) inverted-dropout mask or None
+    Returns: h_lr (..., d_out), cache
+    """
+    _lowrank_inputs(layer, x, A, B, mask)
+    x_drop = x if mask is None else x * mask  # (..., d_in)
+    u = x_drop @ A.T  # (..., r)     the low-rank code
+    h = (scale * u) @ B.T  # (..., d_out)
+    return h, LowRankCache(x, mask, x_drop, u, A, B, scale)
+
+
+def lowrank_backward(dout, cache: LowRankCache, need=ALL):
+    """Backward of ``lowrank_forward``:
+
+        dB = scale · doutᵀ u            (d_out, r)
+        du = scale · dout B             (..., r)
+        dA = duᵀ x̃                      (r, d_in)
+        dx = (du A) ⊙ mask              (..., d_in)   the low-rank path's share of dx only
+
+    Inputs:  dout (..., d_out), cache from ``lowrank_forward``; ``need`` names the gradients
+             wanted, among "x", "A", "B"
+    Returns: dx (..., d_in) or None if "x" is not needed, grads {"A": dA, "B": dB} restricted
+             to ``need``
+    """
+    x, mask, x_drop, u, A, B, scale = cache
+    xp = namespace(dout, x)
+    (d_out, r), d_in = B.shape, A.shape[1]
+    dout2 = xp.reshape(dout, (-1, d_out))  # (N, d_out)
+    du2 = dout2 @ (scale * B)  # (N, r)
+    grads = {}
+    if "B" in need:
+        grads["B"] = scale * (dout2.T @ xp.reshape(u, (-1, r)))  # (d_out, r)
+    if "A" in need:
+        grads["A"] = du2.T @ xp.reshape(x_drop, (-1, d_in))  # (r, d_in)
+    dx = None
+    if "x" in need:
+        dx = xp.reshape(du2 @ A, tuple(x.shape))  # (..., d_in)
+        if mask is not None:
+            dx = dx * mask
+    return dx, grads

@@ -18,17 +18,21 @@ any projection by name (``add_lora(llama, ["q_proj", "v_proj"])``).
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 
 from .. import backend, checks
 from ..functional.attention import merge_heads
-from ..functional.gqa import gqa_attention_backward, gqa_attention_forward
+from ..functional.gqa import gqa_attention_backward, gqa_attention_forward, repeat_kv_forward
 from ..functional.linear import linear_backward, linear_forward
+from ..functional.losses import softmax
 from ..functional.rmsnorm import rmsnorm_backward, rmsnorm_forward
 from ..functional.rope import rope_backward, rope_forward, rope_tables
 from ..functional.swiglu import swiglu_backward, swiglu_forward
+from ..io.quant import Q4_1Weight
 from .linear import Linear
 from .module import Module, add
+from .quantized import QuantLinear
 from .transformer import Embedding
 
 
@@ -267,8 +271,28 @@ class Llama(Module):
     @classmethod
     def from_hf_state_dict(cls, config: LlamaConfig, arrays: dict, dtype="float32", device="cpu") -> "Llama":
         """A model with ``arrays`` (Hugging Face names, any float dtype; cast to ``dtype``) as its
-        weights. A missing or mis-shaped tensor is a ``ValueError`` naming it and both shapes."""
+        weights. A missing or mis-shaped tensor is a ``ValueError`` naming it and both shapes.
+
+        A projection given as a ``Q4_1Weight`` (``llama_weights(g, quantized=True)``) becomes a
+        ``QuantLinear`` that keeps it 4-bit (host only, so ``device`` must be "cpu"); the other
+        tensors load as before."""
         model = cls(config, dtype=dtype, device=device)
+        for key, a in arrays.items():
+            if not isinstance(a, Q4_1Weight):
+                continue
+            path = key.removesuffix(".weight")
+            try:
+                layer = model.get_module(path)
+            except KeyError:
+                continue  # a tensor the model does not use, as for float arrays
+            if not isinstance(layer, Linear) or tuple(a.shape) != tuple(layer.params["W"].shape):
+                raise ValueError(f"Llama.from_hf_state_dict: 4-bit tensor {key!r} of shape {tuple(a.shape)} does "
+                                 f"not fit {path} ({type(layer).__name__} {tuple(layer.params['W'].shape)})")
+            if backend.resolve_device(device).__name__ != "numpy":
+                raise ValueError(f"Llama.from_hf_state_dict: 4-bit tensor {key!r} runs on the host only; "
+                                 f"device must be 'cpu', got {device!r}")
+            model.set_module(path, QuantLinear(a))
+        model.set_paths()
         ours = {}
         for name, p in model.named_parameters().items():
             key = f"{name.rsplit('.', 1)[0]}.weight"
@@ -332,3 +356,98 @@ class Llama(Module):
         if trains_E:
             embed.grads["W"] = embed.grads["W"] + head["W"]
         return None
+
+    # ------------------------------------------------------------------ greedy decoding (inference only)
+    def generate_greedy(self, ids, n_new: int, eos_id: int | None = None):
+        """Greedy decoding with a key/value cache: the tokens repeated full forwards would pick.
+
+            prefill:  run the prompt ids (B, T) once; keep every layer's k, v       (B, Hkv, T, hd)
+            decode:   t = argmax logits[:, -1];  run t alone at position T, T + 1, …;
+                      append its k, v to the cache; attend over all cached positions
+
+        A step costs the new token's work only, instead of the whole sequence's again. Only
+        attention sees positions — RoPE turns the new q, k by their true position (``rope_tables``'s
+        ``offset`` = tokens already cached) and the new query may read every cached key — so the
+        norms, projections (LoRA adapters included) and the MLP are the modules' own forwards.
+        Runs in eval mode; keeps nothing for a backward (the module caches are cleared after).
+
+        Inputs:  ids (B, T) int prompts (all rows the same length), n_new >= 0 tokens to add,
+                 eos_id: a row that produces it is finished (later tokens of that row are eos_id);
+                 decoding stops early once every row is finished
+        Returns: (B, T + n) int, the prompt then n <= n_new new tokens (numpy or cupy, like ids)
+        """
+        self.check_ids(ids)
+        if not isinstance(n_new, int) or isinstance(n_new, bool) or n_new < 0:
+            raise ValueError(f"Llama.generate_greedy: n_new must be a non-negative int, got {n_new!r}")
+        B, T = ids.shape
+        if T + n_new > self.config.n_ctx:
+            raise ValueError(f"Llama.generate_greedy: T + n_new = {T + n_new} > n_ctx = {self.config.n_ctx}")
+        xp = backend.namespace(ids)
+        out = [ids]
+        with self.evaluating():
+            logits, kv = self._forward_cached(ids, [None] * self.config.n_layer, offset=0)  # prefill
+            done = xp.zeros((B,), dtype=xp.bool)
+            for i in range(n_new):
+                nxt = xp.astype(xp.argmax(logits, axis=-1), ids.dtype)  # (B,)  greedy
+                if eos_id is not None:
+                    nxt = xp.where(done, xp.asarray(eos_id, dtype=ids.dtype), nxt)
+                    done = done | (nxt == eos_id)
+                out.append(nxt[:, None])
+                if i == n_new - 1 or (eos_id is not None and bool(xp.all(done))):
+                    break
+                logits, kv = self._forward_cached(nxt[:, None], kv, offset=T + i)  # one token
+        for _, m in self.named_modules():
+            m.clear_cache()
+        return xp.concat(out, axis=1)
+
+    def _forward_cached(self, ids, kv, offset: int):
+        """ids (B, t), the tokens at positions offset … offset + t − 1, and ``kv``: per layer the
+        cached (k, v), each (B, Hkv, offset, hd), or None when empty -> (logits of the last
+        position (B, V), kv with these t positions appended)."""
+        embed, layers, norm = self._parts()
+        c = self.config
+        B, t = ids.shape
+        x = embed.forward(ids)  # (B, t, C)
+        xp = backend.namespace(x)
+        cos, sin = rope_tables(t, c.head_dim, c.rope_base, offset=offset, dtype=backend.dtype_name(x), xp=xp)
+        new_kv = []
+        for layer, cached in zip(layers, kv):
+            ch = layer.children
+            attn = ch["self_attn"]
+            a = attn.children
+            h = xp.reshape(ch["input_layernorm"].forward(x), (B * t, c.n_embd))  # (B·t, C)
+            q, _ = rope_forward(attn._heads(a["q_proj"].forward(h), c.n_head, B, t), cos, sin)  # (B, H, t, hd)
+            k, _ = rope_forward(attn._heads(a["k_proj"].forward(h), c.n_kv_head, B, t), cos, sin)  # (B, Hkv, t, hd)
+            v = attn._heads(a["v_proj"].forward(h), c.n_kv_head, B, t)  # (B, Hkv, t, hd)
+            if cached is not None:
+                k = xp.concat([cached[0], k], axis=2)  # (B, Hkv, offset + t, hd)
+                v = xp.concat([cached[1], v], axis=2)
+            new_kv.append((k, v))
+            y = cached_attention(q, k, v, offset)  # (B, H, t, hd)
+            x = x + xp.reshape(a["o_proj"].forward(xp.reshape(merge_heads(y), (B * t, c.n_embd))), (B, t, c.n_embd))
+            x = x + ch["mlp"].forward(ch["post_attention_layernorm"].forward(x))
+        last = norm.forward(x[:, -1, :])  # (B, C)  only the last position's logits are needed
+        logits, _ = linear_forward(last, embed.params["W"], None, layer="lm_head (tied to embed_tokens)")
+        return logits, new_kv  # (B, V)
+
+
+def cached_attention(q, k, v, offset: int):
+    """out = softmax(q repeat_kv(k)ᵀ / √hd + M) repeat_kv(v) for queries at positions offset + i:
+
+        M_is = 0 if s <= offset + i else −∞          (query i sees the cache and itself, no future)
+
+    With offset = 0 and as many queries as keys this is ``gqa_attention_forward``'s causal mask.
+
+    Inputs:  q (B, H, t, hd), k and v (B, Hkv, offset + t, hd)
+    Returns: out (B, H, t, hd)
+    """
+    xp = backend.namespace(q)
+    t, hd = q.shape[2], q.shape[3]
+    n_rep = q.shape[1] // k.shape[1]
+    k, _ = repeat_kv_forward(k, n_rep)  # (B, H, Tk, hd)
+    v, _ = repeat_kv_forward(v, n_rep)
+    Tk = k.shape[2]
+    S = (q * (1.0 / math.sqrt(hd))) @ xp.matrix_transpose(k)  # (B, H, t, Tk)
+    sees = xp.arange(Tk)[None, :] <= (offset + xp.arange(t))[:, None]  # (t, Tk)
+    S = xp.where(sees, S, xp.asarray(-math.inf, dtype=S.dtype))
+    return softmax(S) @ v  # (B, H, t, hd)

@@ -17,9 +17,10 @@ import math
 from .. import backend, checks, fast
 from ..checks import check_adapter_options, check_lora
 from ..functional.linear import LinearCache
-from ..functional.lora import lora_delta, lora_scale
+from ..functional.lora import lora_delta, lora_scale, lowrank_backward, lowrank_forward
 from .linear import Linear
 from .module import Module
+from .quantized import QuantLinear
 
 
 class LoRAAdapter(Module):
@@ -66,10 +67,15 @@ class LoRALinear(Module):
     while merged is refused.
 
     Parameter names: ``base.W``, ``base.b``, ``lora.<adapter>.A``, ``lora.<adapter>.B``.
+
+    Over a 4-bit ``QuantLinear`` base (QLoRA): h = base(x) + scale · (x̃ Aᵀ) Bᵀ and
+    dx = baseᵀ(dout) + the low-rank path's dx (``lowrank_forward`` / ``lowrank_backward``); the
+    base has no parameters, and ``merge`` / ``unmerge`` are refused (docs/qlora.md).
     """
 
-    def __init__(self, base: Linear):
+    def __init__(self, base: Linear | QuantLinear):
         super().__init__()
+        self.quantized = isinstance(base, QuantLinear)
         self.add_child("base", base)
         self.add_child("lora", Module())
         base.freeze()
@@ -85,9 +91,13 @@ class LoRALinear(Module):
         if name in self.adapters:
             raise ValueError(f"{self.label}: adapter {name!r} already exists")
         check_adapter_options(self.label, name=name)
-        W = self.base.params["W"]
+        if self.quantized:  # no float W to follow: a 4-bit base's adapter is float32 on the host
+            dtype, device = "float32", "cpu"
+        else:
+            W = self.base.params["W"]
+            dtype, device = backend.dtype_name(W), backend.namespace(W)
         adapter = LoRAAdapter(self.base.d_in, self.base.d_out, r, alpha, rslora, dropout, init, seed,
-                              backend.dtype_name(W), backend.namespace(W), layer=self.label)
+                              dtype, device, layer=self.label)
         adapter.path = f"{self.label}.lora.{name}"
         adapter.training = self.training
         self.children["lora"].add_child(name, adapter)
@@ -119,6 +129,7 @@ class LoRALinear(Module):
     # ------------------------------------------------------------------ merge
     def merge(self, adapter: str | None = None) -> None:
         """W ← W + scale · B A for the active adapter (or ``adapter``); refuses non-finite W."""
+        self._refuse_if_quantized("merge")
         name = adapter if adapter is not None else self.active
         if name is None or self.merged == name:
             return
@@ -127,6 +138,7 @@ class LoRALinear(Module):
     def merged_weight(self, name: str):
         """W + scale · B A for adapter ``name``, checked finite; changes nothing (the first half
         of ``merge``, so a model can check every layer before changing any)."""
+        self._refuse_if_quantized("merge")
         if self.merged is not None:
             raise ValueError(f"{self.label}: adapter {self.merged!r} is already merged; unmerge() first")
         self._require(name)
@@ -147,13 +159,24 @@ class LoRALinear(Module):
     def unmerge(self) -> None:
         """W ← W − scale · B A, restoring the base weights up to rounding."""
         if self.merged is None:
-            return
+            return  # nothing is merged (a 4-bit base never is): nothing to undo
+        self._refuse_if_quantized("unmerge")
         self.base.params["W"] = self.base.params["W"] - self.adapters[self.merged].delta()
         self.merged = None
         self.clear_cache()
 
+    def _refuse_if_quantized(self, what: str) -> None:
+        if self.quantized:
+            raise ValueError(
+                f"{self.label}: cannot {what} an adapter into a 4-bit (Q4_1) base: W + scale · B A is "
+                "not 4-bit, so merging would re-quantise it and lose the adapter to rounding. Keep "
+                "the adapter unmerged, or load the float32 model (smollm2(quantized=False)) to merge"
+            )
+
     # ------------------------------------------------------------------ forward / backward
     def forward(self, x):
+        if self.quantized:
+            return self._forward_quantized(x)
         base = self.base
         W, b = base.params["W"], base.params.get("b")
         if self.active is None or self.merged is not None:
@@ -162,9 +185,7 @@ class LoRALinear(Module):
             self.cache = ("base", cache)
             return y
         ad = self.adapters[self.active]
-        mask = None
-        if self.training and ad.dropout > 0:
-            mask = backend.dropout_mask(ad.rng, tuple(x.shape), ad.dropout, backend.dtype_name(x), backend.namespace(x))
+        mask = self._dropout_mask(ad, x)
         lora_forward, _ = fast.pair("lora")
         y, cache = lora_forward(x, W, b, ad.params["A"], ad.params["B"], ad.scale, mask, layer=self.label)
         self.cache = ("lora", cache)
@@ -179,9 +200,11 @@ class LoRALinear(Module):
             )
         if self.skips(dout):
             return None
-        kind, cache = self.cache
         for m in self.adapters.values():
             m.grads = {}
+        if self.quantized:
+            return self._backward_quantized(dout)
+        kind, cache = self.cache
         x_wanted = {"x"} if self.need_dx else set()
         base_wanted = self.base.trainable_names()  # usually none: LoRA freezes the base
         _, linear_backward = fast.pair("linear")
@@ -195,6 +218,37 @@ class LoRALinear(Module):
         _, self.base.grads = linear_backward(dout, LinearCache(cache.x, cache.W), need=base_wanted)
         return dx
 
+    def _dropout_mask(self, ad, x):
+        """The adapter's inverted-dropout mask for ``x`` while training, else None."""
+        if self.training and ad.dropout > 0:
+            return backend.dropout_mask(ad.rng, tuple(x.shape), ad.dropout, backend.dtype_name(x), backend.namespace(x))
+        return None
+
+    def _forward_quantized(self, x):
+        """h = base(x) + scale · (x̃ Aᵀ) Bᵀ, the base a QuantLinear (x W̃ᵀ, 4-bit W̃)."""
+        h = self.base.forward(x)  # (..., d_out)  the frozen 4-bit path
+        if self.active is None:
+            self.cache = ("base", None)
+            return h
+        ad = self.adapters[self.active]
+        mask = self._dropout_mask(ad, x)
+        h_lr, cache = lowrank_forward(x, ad.params["A"], ad.params["B"], ad.scale, mask, layer=self.label)
+        self.cache = ("lora", cache)
+        return h + h_lr
+
+    def _backward_quantized(self, dout):
+        """dx = dout W̃ + (du A) ⊙ mask; dA, dB for the active adapter; the base has no dW."""
+        kind, cache = self.cache
+        if kind == "lora" and (cache.A is not self.adapters[self.active].params["A"]
+                               or cache.B is not self.adapters[self.active].params["B"]):
+            raise RuntimeError(f"{self.label}: A or B was replaced after forward; run forward again before backward")
+        self.base.flow(self.need_dx)
+        dx = self.base.backward(dout)  # dout W̃, or None when dx is not needed
+        if kind == "base":
+            return dx
+        ad = self.adapters[self.active]
+        dx_lr, ad.grads = lowrank_backward(dout, cache, need=ad.trainable_names() | ({"x"} if self.need_dx else set()))
+        return dx if dx_lr is None else dx + dx_lr
 
     def _check_cache_is_current(self, kind, cache):
         """The cache holds the arrays the forward used; a parameter assigned since then (``layer.base.W
@@ -238,8 +292,9 @@ def layers_with(model, name: str) -> dict:
 
 
 def linear_paths(model) -> list:
-    """Paths of every layer LoRA can be placed on (plain ``Linear`` or existing ``LoRALinear``)."""
-    return [p for p, m in model.named_modules() if isinstance(m, (Linear, LoRALinear))
+    """Paths of every layer LoRA can be placed on (``Linear``, ``QuantLinear`` or an existing
+    ``LoRALinear``)."""
+    return [p for p, m in model.named_modules() if isinstance(m, (Linear, QuantLinear, LoRALinear))
             and not p.endswith(".base")]
 
 
