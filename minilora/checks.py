@@ -346,3 +346,19 @@ def gqa_inputs(q, k, v) -> None:
             f"gqa_attention: the query heads H = {H} must be a multiple of the key/value heads "
             f"Hkv = {Hkv}, got {shapes}"
         )
+
+
+def token_ids(layer: str, ids, n_ctx: int) -> None:
+    """``TypeError``/``ValueError`` naming ``ids`` unless it is (B, T) integers, 1 <= T <= n_ctx."""
+    from . import backend
+
+    if not hasattr(ids, "__array_namespace__") or "int" not in backend.dtype_name(ids):
+        what = backend.dtype_name(ids) if hasattr(ids, "dtype") else type(ids).__name__
+        raise TypeError(f"{layer}: argument 'ids' must be an integer array (B, T), got {what}")
+    if ids.ndim != 2 or ids.shape[1] < 1:
+        raise ValueError(f"{layer}: argument 'ids' must have shape (B, T) with T >= 1, got shape {tuple(ids.shape)}")
+    if ids.shape[1] > n_ctx:
+        raise ValueError(
+            f"{layer}: argument 'ids' has T = {ids.shape[1]} positions but the context length is "
+            f"n_ctx = {n_ctx}; crop the sequence to its last {n_ctx} ids"
+        )

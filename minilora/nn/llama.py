@@ -236,7 +236,7 @@ class Llama(Module):
     """ids (B, T) int -> logits (B, T, V), the LM head tied to the token embedding E.
 
     ``Llama(LlamaConfig(...), seed=0)`` draws small random weights (for tests); a pretrained
-    checkpoint is loaded with ``minilora.load_smollm2()`` (``minilora.io.gguf``).
+    checkpoint is loaded with ``minilora.smollm2()`` (``minilora/pretrained.py``).
     """
 
     default_lora_targets = ("q_proj", "v_proj")
@@ -310,13 +310,8 @@ class Llama(Module):
         return m["embed_tokens"], list(m["layers"].children.values()), m["norm"]
 
     def check_ids(self, ids) -> None:
-        if not hasattr(ids, "__array_namespace__") or "int" not in backend.dtype_name(ids):
-            what = backend.dtype_name(ids) if hasattr(ids, "dtype") else type(ids).__name__
-            raise TypeError(f"Llama: argument 'ids' must be an integer array (B, T), got {what}")
-        if ids.ndim != 2 or ids.shape[1] < 1:
-            raise ValueError(f"Llama: argument 'ids' must have shape (B, T) with T >= 1, got {tuple(ids.shape)}")
-        if ids.shape[1] > self.config.n_ctx:
-            raise ValueError(f"Llama: argument 'ids' has T = {ids.shape[1]} > n_ctx = {self.config.n_ctx}")
+        """``TypeError``/``ValueError`` naming ``ids`` unless it is (B, T) integers, 1 <= T <= n_ctx."""
+        checks.token_ids("Llama", ids, self.config.n_ctx)
 
     def forward(self, ids):
         """ids (B, T) integers in [0, V) -> logits (B, T, V)."""

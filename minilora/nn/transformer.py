@@ -310,16 +310,7 @@ class GPT(Module):
 
     def check_ids(self, ids) -> None:
         """``TypeError``/``ValueError`` naming ``ids`` unless it is (B, T) integers, T <= n_ctx."""
-        if not hasattr(ids, "__array_namespace__") or "int" not in backend.dtype_name(ids):
-            what = backend.dtype_name(ids) if hasattr(ids, "dtype") else type(ids).__name__
-            raise TypeError(f"GPT: argument 'ids' must be an integer array (B, T), got {what}")
-        if ids.ndim != 2:
-            raise ValueError(f"GPT: argument 'ids' must have shape (B, T), got shape {tuple(ids.shape)}")
-        if ids.shape[1] > self.config.n_ctx:
-            raise ValueError(
-                f"GPT: argument 'ids' has T = {ids.shape[1]} positions but the context length is "
-                f"n_ctx = {self.config.n_ctx}; crop the sequence to its last {self.config.n_ctx} ids"
-            )
+        checks.token_ids("GPT", ids, self.config.n_ctx)
 
     def forward(self, ids):
         """ids (B, T) integers in [0, V), T <= n_ctx  ->  logits (B, T, V)."""
