@@ -2,6 +2,7 @@
 
     python benchmarks/llama_bench.py                                # 30 layers, 4 x 64 tokens, 1 and 2 threads
     python benchmarks/llama_bench.py --layers 2 --rounds 3          # a truncated model: a quick run
+    python benchmarks/llama_bench.py --side minilora                # one side alone in its process (no ratio)
     python benchmarks/llama_bench.py --tiny --layers 1 --rounds 2   # a tiny random Llama (what the test runs)
 
 What is timed (the same on both sides, float32, same thread count; docs/performance.md, issue 12):
@@ -136,8 +137,8 @@ def peft_side(hf, model, targets):
     conf = peft.LoraConfig(r=R, lora_alpha=ALPHA, target_modules=list(targets), lora_dropout=0.0, bias="none")
     pm = peft.get_peft_model(hf, conf)
     mods = dict(pm.base_model.model.named_modules())
-    with torch.no_grad():
-        for path, layer in (model.lora_layers() if model is not None else {}).items():  # minilora's paths are HF's module names
+    with torch.no_grad():  # minilora's module paths are HF's names
+        for path, layer in (model.lora_layers() if model is not None else {}).items():
             ad = layer.adapters["default"]
             mods[path].lora_A["default"].weight.copy_(torch.from_numpy(np.asarray(ad.params["A"])))
             mods[path].lora_B["default"].weight.copy_(torch.from_numpy(np.asarray(ad.params["B"])))
@@ -250,7 +251,8 @@ def _profile_once(model, opt, x, y, top):
             module.__dict__[phase] = timed  # an instance attribute hides the class's method
             wrapped.append((module, phase))
 
-    embed, blocks, norm = model._parts()
+    m = model.children["model"].children
+    embed, blocks, norm = m["embed_tokens"], list(m["layers"].children.values()), m["norm"]
     time_calls(embed, "embed")
     time_calls(norm, "final_norm")
     for block in blocks:
@@ -364,12 +366,16 @@ def _ms(v):
     return f"{v:,.0f}" if v >= 100 else f"{v:.1f}"
 
 
+def _cell(row, key, fmt):
+    return fmt(row[key]) if key in row else "—"  # a side not run (--side)
+
+
 def _mib(b):
     return f"{b / (1 << 20):,.1f} MiB"
 
 
 def markdown(results, info, args, x):
-    L = [f"Measured {info['date']}: {info['processor']} ({info['cores']} cores, shared with other jobs), "
+    L = [f"Measured {info['date']}: {info['processor']} ({info['cores']} cores), "
          f"{blas_kernels(info)}; NumPy {info['numpy']}, PyTorch {info.get('torch')}, transformers "
          f"{info.get('transformers')}, PEFT {info.get('peft')} (attention: {args.attn_implementation}); "
          f"load average {info['load_average'][0]:.2f} at start, {info['load_average_end'][0]:.2f} at end; "
@@ -378,9 +384,7 @@ def markdown(results, info, args, x):
          f"OMP_WAIT_POLICY={info.get('OMP_WAIT_POLICY')}.\n"]
     L += _header(["LoRA on", "threads"], ["minilora ms", "PyTorch ms", "minilora tok/s", "PyTorch tok/s",
                                           f"minilora / PyTorch (goal <= {GOAL})"])
-    def cell(row, key, fmt):
-        return fmt(row[key]) if key in row else "—"  # a side not run (--side)
-
+    cell = _cell
     for r in results:
         for row in r["timing"].values():
             ratio = "—"
@@ -484,8 +488,7 @@ def main(argv=None):
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.md").write_text(table)
-    args_json = {k: v for k, v in vars(args).items()}
-    (out / "results.json").write_text(json.dumps({"machine": info, "args": args_json, "batch": list(x.shape),
+    (out / "results.json").write_text(json.dumps({"machine": info, "args": vars(args), "batch": list(x.shape),
                                                   "results": results}, indent=1))
     return results
 

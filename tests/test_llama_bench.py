@@ -32,8 +32,8 @@ def load_llama_bench():
 def run(tmp_path_factory):
     lb = load_llama_bench()
     out = tmp_path_factory.mktemp("llama_bench")
-    lb.main(["--tiny", "--layers", "1", "--batch", "2", "--seq", "8", "--rounds", "2", "--warmup", "0", "--profile-steps", "3",
-             "--threads", "1", "--out", str(out)])
+    lb.main(["--tiny", "--layers", "1", "--batch", "2", "--seq", "8", "--rounds", "2", "--warmup", "0",
+             "--profile-steps", "3", "--threads", "1", "--out", str(out)])
     return lb, out, json.loads((out / "results.json").read_text())
 
 
