@@ -223,6 +223,23 @@ def test_a_planted_bug_dropping_the_lowrank_dx_is_caught(monkeypatch):
     assert bad and all(".layers.0." in r.array for r in bad)  # only layer 0's gradients go through layer 1's dx
 
 
+def test_an_adapter_saved_on_a_4_bit_base_checks_that_base_by_its_codes(tmp_path):
+    # the fingerprint covers the packed weights (d, m, nibbles): the same 4-bit base matches
+    # exactly; another 4-bit base (one projection's codes changed) is refused, naming the array
+    quant = add_lora(tiny_pair()[0], ["q_proj", "v_proj"], r=2, alpha=4, seed=1)
+    ml.save_adapter(quant, tmp_path / "a")
+    assert ml.load_adapter(tiny_pair()[0], tmp_path / "a")["fingerprint"] == "exact"
+    other = tiny_pair()[0]
+    layer = dict(other.named_modules())["model.layers.1.mlp.down_proj"]
+    w = layer.weight
+    nibbles = w.nibbles.copy()
+    nibbles[0, 0, 0] ^= 1  # one 4-bit code of one block: a different base
+    layer.weight = Q4_1Weight(w.d, w.m, nibbles)
+    with pytest.raises(ml.adapters.AdapterError, match=r"model\.layers\.1\.mlp\.down_proj\.W\.q4_1\.nibbles"):
+        ml.load_adapter(other, tmp_path / "a")
+    assert not other.lora_layers()  # refused before anything was added
+
+
 # ----------------------------------------------------------------------------- the real SmolLM2
 
 needs_smollm2 = pytest.mark.skipif(

@@ -12,10 +12,12 @@ import json
 
 from .. import backend
 from ..nn.lora import LoRAAdapter, LoRALinear, lora_layers
+from ..nn.quantized import QuantLinear
 from .errors import AdapterError
 
 EPS = {  # machine epsilon per dtype: the sketch tolerance is 64 · eps · ‖W‖
-    "float16": 2.0**-10, "float32": 2.0**-23, "float64": 2.0**-52}
+    "float16": 2.0**-10, "float32": 2.0**-23, "float64": 2.0**-52,
+    "uint8": 2.0**-52}  # a 4-bit weight's codes: never rounded, so held to float64's tolerance
 
 
 def _base_arrays(model) -> dict:
@@ -23,7 +25,9 @@ def _base_arrays(model) -> dict:
 
     Canonical names drop the LoRA wrapper (``fc1.base.W`` → ``fc1.W``), so a wrapped and an
     unwrapped copy of one base agree. A merged layer contributes W − ΔW, computed as ``unmerge``
-    would.
+    would. A 4-bit ``QuantLinear`` holds no parameters; its packed weight contributes its three
+    arrays as ``{path}.W.q4_1.d``, ``.m`` and ``.nibbles`` (the file's bytes), so two 4-bit bases
+    are compared by their codes. A float W and a 4-bit one have different names: they never match.
     """
     lora = lora_layers(model)
     out = {}
@@ -37,6 +41,10 @@ def _base_arrays(model) -> dict:
             if owner is not None and k == "W" and owner.merged is not None:
                 v = v - owner.adapters[owner.merged].delta()
             out[f"{canon}.{k}" if canon else k] = v
+        if isinstance(m, QuantLinear):
+            w = m.weight
+            for k, v in (("d", w.d), ("m", w.m), ("nibbles", w.nibbles)):
+                out[f"{canon}.W.q4_1.{k}"] = v
     return out
 
 
