@@ -21,7 +21,7 @@ from minilora.cli import main
 from minilora.nn import Linear
 from minilora.nn.transformer import GPT
 from minilora.reproduce import adapt, measure, paper, report
-from minilora.reproduce.run import run
+from minilora.reproduce.driver import run
 
 
 @pytest.fixture(scope="module")

@@ -19,6 +19,6 @@ and ``DIR/results.json`` (every number, the seeds and the settings). Items, one 
 """
 from __future__ import annotations
 
-from .run import run
+from .driver import run
 
 __all__ = ["run"]

@@ -82,7 +82,8 @@ def meta(quick, s, device) -> dict:
             "device": device, "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
             "minilora": __version__, "numpy": np.__version__, "python": sys.version.split()[0],
             "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, {platform.system()}",
-            "command": "minilora reproduce" + (" --quick" if quick else "")}
+            "command": "minilora reproduce" + (" --quick" if quick else ""),
+            "load_average": os.getloadavg()[0] if hasattr(os, "getloadavg") else None}
 
 
 def cost_items(setting, s, device) -> dict:
@@ -109,6 +110,13 @@ def cost_items(setting, s, device) -> dict:
     memory = {"lora": measure.memory_ledger(lora_m, AdamW(lora_m, lr=1e-3), x, y),
               "full": measure.memory_ledger(full_m, AdamW(full_m, lr=1e-3), x, y)}
     memory["ratio"] = memory["lora"]["total"] / memory["full"]["total"]
+    # the same ledger at batch 1: activations shrink with the batch, the weights' lines do not,
+    # so this shows the mechanism that dominates at GPT-3's size
+    lora_1, full_1 = copy.deepcopy(lora), copy.deepcopy(full)
+    memory["batch1"] = {"lora": measure.memory_ledger(lora_1, AdamW(lora_1, lr=1e-3), x[:1], y[:1]),
+                        "full": measure.memory_ledger(full_1, AdamW(full_1, lr=1e-3), x[:1], y[:1])}
+    memory["batch1"]["ratio"] = memory["batch1"]["lora"]["total"] / memory["batch1"]["full"]["total"]
+    memory["batch"] = int(x.shape[0])
 
     # 3. speed: the two steps take turns on the same batch
     lora_s, full_s = copy.deepcopy(lora), copy.deepcopy(full)
