@@ -24,7 +24,7 @@ class MixedCache(NamedTuple):
     x_drop: object  # (N, ..., d_in)  x̃ = x ⊙ mask (x itself when mask is None)
     mask: object  # (N, ..., d_in)  inverted-dropout mask, or None
     rows: tuple  # (N,) each row's adapter index, −1 for none
-    adapters: tuple  # ((A_k (r_k, d_in), B_k (d_out, r_k), scale_k), …)
+    adapters: tuple  # adapter k as a triple: A_k, B_k of shapes r_k × d_in, d_out × r_k, and scale_k
     u: dict  # {k: u_k (N_k, ..., r_k)}: the low-rank code of adapter k's rows
 
 
