@@ -12,7 +12,8 @@ from .experiments.gpt_demo import pretrained_gpt
 from .language import generate_text, text_loss
 from .gradcheck import check_model, check_pair, rel_error
 from .nn import GPT, MLP, GPTConfig, Linear, Llama, LlamaConfig, LoRALinear, Module, add_lora
-from .optim import SGD, AdamW
+from .nn.lora_embedding import LoRAEmbedding, add_lora_embedding
+from .optim import SGD, AdamW, create_loraplus_optimizer, loraplus_groups
 from .pretrained import smollm2, smollm2_tokenizer
 from .train import fit, train_step
 

@@ -150,6 +150,14 @@ def lora_inputs(layer: str, x, W, b, A, B, mask) -> None:
         )
 
 
+def dora_inputs(layer: str, x, W, b, A, B, m, mask) -> None:
+    """The LoRA checks, plus the magnitude m (d_out,) of the same dtype."""
+    lora_inputs(layer, x, W, b, A, B, mask)
+    floats(layer, x=x, m=m)
+    if tuple(m.shape) != (W.shape[0],):
+        raise ValueError(f"{layer}: magnitude m has shape {tuple(m.shape)}, expected (d_out,) = ({W.shape[0]},)")
+
+
 def check_lora(layer: str, d_in: int, d_out: int, r, alpha) -> None:
     """Rank and alpha for a layer of shape (d_out, d_in): 1 <= r <= min(d_in, d_out), alpha > 0."""
     if not is_int(r):
@@ -163,7 +171,7 @@ def check_lora(layer: str, d_in: int, d_out: int, r, alpha) -> None:
         raise ValueError(f"{layer}: alpha must be a positive number (finite), got {alpha!r}")
 
 
-ADAPTER_INITS = ("gaussian", "kaiming_uniform")
+ADAPTER_INITS = ("gaussian", "kaiming_uniform", "pissa", "olora")  # the last two read W (nn/lora.py)
 
 
 def check_adapter_options(layer: str, dropout=0.0, init="gaussian", name="default") -> None:
@@ -213,6 +221,22 @@ def embedding_inputs(ids, W) -> None:
     if W.ndim != 2:
         raise ValueError(f"embedding: W must be 2-D (V, C), got shape {tuple(W.shape)}")
     check_ids(ids, W.shape[0])
+
+
+def lora_embedding_inputs(layer: str, ids, E, A, B) -> None:
+    """E (V, C), A (r, V), B (C, r) floating with one r, one dtype; ids integers in [0, V)."""
+    floats(layer, E=E, A=A, B=B)
+    if E.ndim != 2:
+        raise ValueError(f"{layer}: E must be 2-D (V, C), got shape {tuple(E.shape)}")
+    V, C = E.shape
+    r = A.shape[0] if A.ndim == 2 else None
+    if A.ndim != 2 or tuple(A.shape) != (r, V) or tuple(B.shape) != (C, r):
+        raise ValueError(
+            f"{layer}: E is (V, C) = {tuple(E.shape)}, so A must be (r, V) = (r, {V}) and B (C, r) = "
+            f"({C}, r) with one r (PEFT's lora_embedding_A, lora_embedding_B); got A {tuple(A.shape)} "
+            f"and B {tuple(B.shape)}"
+        )
+    check_ids(ids, V, layer)
 
 
 def position_inputs(P, T) -> None:

@@ -380,7 +380,16 @@ def test_load_config_from_another_save(saved):
     fails(d, m, "config_sha256", "different adapter_config.json")
 
 
-@pytest.mark.parametrize("field, value", [("bias", "all"), ("use_dora", True), ("fan_in_fan_out", True),
+def test_load_use_dora_without_magnitudes(saved):
+    # DoRA loads now (tests/test_dora.py); a config saying use_dora over a plain file is refused
+    d, m = saved
+    cfg = json.loads((d / "adapter_config.json").read_text())
+    cfg["use_dora"] = True
+    (d / "adapter_config.json").write_text(json.dumps(cfg))
+    fails(d, m, "missing key base_model.model.fc1.lora_magnitude_vector", "with use_dora true")
+
+
+@pytest.mark.parametrize("field, value", [("bias", "all"), ("use_dora", "yes"), ("fan_in_fan_out", True),
                                           ("peft_type", "IA3"), ("alora_invocation_tokens", [1, 2]),
                                           ("monteclora_config", {"n": 4}), ("arrow_config", {"top_k": 2}),
                                           ("use_bdlora", True), ("kasa_config", {"a": 1}),

@@ -16,6 +16,8 @@ model at once, one public function per verb:
   files.py        the PEFT file format: adapter_config.json, adapter_model.safetensors
   fingerprint.py  which base an adapter file belongs to
   combine.py      a new adapter from weighted adapters (concat, svd, linear)
+  inspect.py      what an adapter file holds, and why it would not load onto a model
+  hotswap.py      another adapter written into a loaded adapter's arrays, in place
   errors.py       AdapterError
 
 ``numpy`` is not imported here: arrays cross to the host through ``backend.to_numpy`` for hashing
@@ -26,12 +28,15 @@ from .errors import AdapterError
 from .files import (CONFIG_NAME, KEY_RE, PREFIX, WEIGHTS_NAME, adapter_tensors, load_adapter,
                     read_adapter, save_adapter)
 from .fingerprint import base_fingerprint
+from .hotswap import hotswap_adapter, prepare_for_hotswap
+from .inspect import Problem, diagnose, inspect_adapter
 from .named import (AdapterInfo, active_adapters, adapters_disabled, add_adapter, delete_adapter,
                     list_adapters, merge_drift, restore_active, set_active)
 
 __all__ = [
-    "AdapterError", "AdapterInfo", "CONFIG_NAME", "KEY_RE", "PREFIX", "WEIGHTS_NAME",
+    "AdapterError", "AdapterInfo", "CONFIG_NAME", "KEY_RE", "PREFIX", "Problem", "WEIGHTS_NAME",
     "active_adapters", "adapter_tensors", "adapters_disabled", "add_adapter", "base_fingerprint",
-    "combine_adapters", "delete_adapter", "list_adapters", "load_adapter", "merge_drift",
-    "read_adapter", "restore_active", "save_adapter", "set_active",
+    "combine_adapters", "delete_adapter", "diagnose", "hotswap_adapter", "inspect_adapter", "list_adapters",
+    "load_adapter", "merge_drift", "prepare_for_hotswap", "read_adapter", "restore_active", "save_adapter",
+    "set_active",
 ]

@@ -4,20 +4,26 @@ A minilora module path *is* the attribute path of the same layer in the equivale
 model (``fc1``, ``blocks.0.attn.q``), so minilora's ``<path>.lora.<name>.A`` (r, d_in) and ``.B``
 (d_out, r) are saved as PEFT's ``base_model.model.<path>.lora_A.weight`` and
 ``base_model.model.<path>.lora_B.weight`` — same orientation, no transpose (docs/adapters.md).
+A DoRA adapter adds its magnitude ``.m`` (d_out,) as ``base_model.model.<path>.lora_magnitude_vector``
+(PEFT's key, no ``.weight``) and ``use_dora: true`` in the config (docs/dora.md).
 This file builds and parses the config, saves a pair atomically, and reads and validates one
 against a model before ``load_adapter`` changes anything.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import re
 from collections import Counter
 
+import numpy as np
+
 from .. import backend
 from .. import safetensors as st
 from ..checks import check_adapter_options, check_lora
+from ..functional.lora import lora_delta
 from ..nn.lora import LoRALinear, layers_with, linear_paths, lora_layers
 from .errors import AdapterError
 from .fingerprint import _check_fingerprint, _sketch, base_fingerprint
@@ -26,9 +32,12 @@ from .named import _install, _Plan, list_adapters, set_active
 WEIGHTS_NAME = "adapter_model.safetensors"
 CONFIG_NAME = "adapter_config.json"
 PREFIX = "base_model.model."
-# base_model.model.<path>.lora_A.weight, tolerating PEFT's in-memory form lora_A.<adapter>.weight
-KEY_RE = re.compile(r"base_model\.model\.(?P<path>.+?)\.lora_(?P<AB>[AB])(?:\.(?P<name>[^.]+))?\.weight")
-INIT_TO_PEFT = {"gaussian": "gaussian", "kaiming_uniform": True}
+# base_model.model.<path>.lora_A.weight, tolerating PEFT's in-memory form lora_A.<adapter>.weight;
+# DoRA's magnitude base_model.model.<path>.lora_magnitude_vector (in memory: ....<adapter>.weight)
+KEY_RE = re.compile(r"base_model\.model\.(?P<path>.+?)\.(?:lora_(?P<AB>[AB])(?:\.(?P<name>[^.]+))?\.weight"
+                    r"|lora_magnitude_vector(?:\.(?P<mname>[^.]+)\.weight)?)")
+MAGNITUDE = "lora_magnitude_vector"
+INIT_TO_PEFT = {"gaussian": "gaussian", "kaiming_uniform": True, "pissa": "pissa", "olora": "olora"}
 FLOAT_TAGS = {"F16": "float16", "F32": "float32", "F64": "float64", "BF16": "float32"}
 
 
@@ -82,25 +91,31 @@ def _number(x):
     return int(x) if float(x).is_integer() else float(x)
 
 
-def _build_config(model, name, base_model_name_or_path, task_type) -> dict:
+def _build_config(model, name, base_model_name_or_path, task_type, convert_to_lora=False) -> dict:
     ads = [m.adapters[name] for m in layers_with(model, name).values()]  # KeyError if none
     info = list_adapters(model)[name]
-    for field in ("rslora", "dropout"):
+    for field in ("rslora", "dropout", "dora", "init"):
         if len({getattr(a, field) for a in ads}) > 1:
             raise AdapterError(f"adapter {name!r}: layers disagree on {field}; PEFT stores one value")
-    r = Counter(info.r.values()).most_common(1)[0][0]
-    alpha = Counter(info.alpha.values()).most_common(1)[0][0]
+    ranks, alphas, init = dict(info.r), dict(info.alpha), INIT_TO_PEFT.get(info.init, True)
+    if convert_to_lora:  # [B, −B₀]·[A; A₀]: twice the rank, alpha such that the scale stays (PEFT's rule)
+        grow = 2 ** 0.5 if info.rslora else 2
+        ranks = {p: 2 * v for p, v in ranks.items()}
+        alphas = {p: grow * v for p, v in alphas.items()}
+        init = True
+    r = Counter(ranks.values()).most_common(1)[0][0]
+    alpha = Counter(alphas.values()).most_common(1)[0][0]
     available = linear_paths(model)
     chosen = list(info.targets)
     return {
-        "alpha_pattern": {_pattern_key(p, available): _number(a) for p, a in info.alpha.items() if a != alpha},
+        "alpha_pattern": {_pattern_key(p, available): _number(a) for p, a in alphas.items() if a != alpha},
         "auto_mapping": None,
         "base_model_name_or_path": base_model_name_or_path,
         "bias": "none",
         "exclude_modules": None,
         "fan_in_fan_out": False,
         "inference_mode": True,
-        "init_lora_weights": INIT_TO_PEFT.get(info.init, True),
+        "init_lora_weights": init,
         "layer_replication": None,
         "layers_pattern": None,
         "layers_to_transform": None,
@@ -112,18 +127,18 @@ def _build_config(model, name, base_model_name_or_path, task_type) -> dict:
         "modules_to_save": None,
         "peft_type": "LORA",
         "r": r,
-        "rank_pattern": {_pattern_key(p, available): rr for p, rr in info.r.items() if rr != r},
+        "rank_pattern": {_pattern_key(p, available): rr for p, rr in ranks.items() if rr != r},
         "revision": None,
         "target_modules": _target_modules(chosen, available),
         "task_type": task_type,
-        "use_dora": False,
+        "use_dora": info.dora,
         "use_rslora": info.rslora,
     }
 
 
 # Fields that would change the math; minilora refuses anything but their neutral value.
 UNSUPPORTED = {
-    "bias": ("none",), "fan_in_fan_out": (False,), "use_dora": (False, None), "lora_bias": (False, None),
+    "bias": ("none",), "fan_in_fan_out": (False,), "lora_bias": (False, None),
     "modules_to_save": (None, []), "layers_to_transform": (None, []), "layer_replication": (None,),
     "target_parameters": (None, []), "use_qalora": (False, None), "trainable_token_indices": (None,),
     # PEFT 0.21's variants that change the forward or the base (aLoRA, MonteCLoRA, Arrow, BD-LoRA,
@@ -141,7 +156,7 @@ PLAIN_INITS = (True, False, "gaussian")
 KNOWN_HARMLESS = {
     "task_type", "peft_type", "auto_mapping", "peft_version", "base_model_name_or_path", "revision",
     "inference_mode", "r", "target_modules", "exclude_modules", "lora_alpha", "lora_dropout",
-    "use_rslora", "init_lora_weights", "layers_pattern", "rank_pattern", "alpha_pattern",
+    "use_rslora", "use_dora", "init_lora_weights", "layers_pattern", "rank_pattern", "alpha_pattern",
     "megatron_config", "megatron_core", "loftq_config", "eva_config", "corda_config",
     "qalora_group_size", "runtime_config", "ensure_weight_tying",
 }
@@ -205,29 +220,69 @@ def _parse_config(cfg, where: str) -> dict:
     rslora = cfg.get("use_rslora", False)
     if not isinstance(rslora, bool):
         raise bad("use_rslora", f"must be true or false, got {rslora!r}")
+    dora = cfg.get("use_dora", False)
+    if dora is None:
+        dora = False
+    if not isinstance(dora, bool):
+        raise bad("use_dora", f"must be true or false, got {dora!r}")
     return {
         "r": r, "alpha": float(alpha), "targets": targets, "exclude": exclude,
         "rank_pattern": patterns["rank_pattern"], "alpha_pattern": patterns["alpha_pattern"],
         "dropout": float(dropout), "rslora": rslora, "init": "gaussian" if init == "gaussian" else "kaiming_uniform",
+        "dora": dora,
     }
 
 
 # ============================================================================ save
 
 
-def adapter_tensors(model, adapter: str = "default") -> dict:
+def adapter_tensors(model, adapter: str = "default", convert_to_lora: bool = False) -> dict:
     """``{PEFT key: NumPy array}`` of one adapter: A and B exactly as stored (no transpose, no copy
-    of the math, only a move to the host)."""
+    of the math, only a move to the host), and DoRA's magnitude m.
+
+    ``convert_to_lora``: an adapter initialised from W (PiSSA, OLoRA) trained against the residual
+    base W_res = W − s B₀ A₀; on the original W its update is ΔW = s B A − s B₀ A₀ =
+    s [B, −B₀] [A; A₀], a plain LoRA adapter of rank 2r (PEFT's ``convert_pissa_to_lora``)."""
     out = {}
     for path, m in layers_with(model, adapter).items():
         ad = m.adapters[adapter]
-        out[f"{PREFIX}{path}.lora_A.weight"] = backend.to_numpy(ad.params["A"])  # (r, d_in)
-        out[f"{PREFIX}{path}.lora_B.weight"] = backend.to_numpy(ad.params["B"])  # (d_out, r)
+        A, B = backend.to_numpy(ad.params["A"]), backend.to_numpy(ad.params["B"])
+        if convert_to_lora:
+            if ad.initial is None:
+                raise AdapterError(f"{path}: adapter {adapter!r} has init {ad.init!r}, which left the base as it "
+                                   "was: there is nothing to convert (save it without convert_to_lora)")
+            if ad.dora:
+                raise AdapterError(f"{path}: adapter {adapter!r} is DoRA: W′ = m ⊙ V / ‖V‖ is not W plus a "
+                                   "low-rank term, so it cannot be converted to plain LoRA")
+            A = np.concatenate([A, ad.initial["A"]], axis=0)  # (2r, d_in)
+            B = np.concatenate([B, -ad.initial["B"]], axis=1)  # (d_out, 2r)
+        out[f"{PREFIX}{path}.lora_A.weight"] = A  # (r, d_in)
+        out[f"{PREFIX}{path}.lora_B.weight"] = B  # (d_out, r)
+        if ad.dora:
+            out[f"{PREFIX}{path}.{MAGNITUDE}"] = backend.to_numpy(ad.params["m"])  # (d_out,)
     return out
 
 
+@contextlib.contextmanager
+def _original_base(model, adapter):
+    """Inside the block every layer carrying ``adapter`` holds W_res + s B₀ A₀, its W before a
+    PiSSA/OLoRA init (to rounding): the base a converted adapter belongs to. Restored on exit."""
+    layers = layers_with(model, adapter)
+    saved = {p: m.base.params["W"] for p, m in layers.items()}
+    try:
+        for m in layers.values():
+            ad, W = m.adapters[adapter], m.base.params["W"]
+            xp = backend.namespace(W)
+            A0, B0 = (backend.move(ad.initial[k], xp) for k in ("A", "B"))
+            m.base.params["W"] = W + lora_delta(A0, B0, ad.scale)
+        yield model
+    finally:
+        for p, m in layers.items():
+            m.base.params["W"] = saved[p]
+
+
 def save_adapter(model, directory, adapter: str = "default", base_model_name_or_path=None,
-                 task_type=None) -> dict:
+                 task_type=None, convert_to_lora: bool = False) -> dict:
     """Save one adapter as a PEFT directory: ``adapter_model.safetensors`` + ``adapter_config.json``.
 
     Atomic per file, consistent as a pair: both files are fully written to temporary files in
@@ -235,18 +290,31 @@ def save_adapter(model, directory, adapter: str = "default", base_model_name_or_
     failure while writing leaves the previous adapter untouched. The weights carry a hash of the
     config fields they depend on, so the one remaining window — a crash between the two renames —
     is detected at load time instead of giving a silently mixed pair.
+    ``convert_to_lora=True`` (PiSSA/OLoRA adapters) writes the plain rank-2r adapter that gives the
+    trained outputs on the *original* base (``adapter_tensors``), with that base's fingerprint.
+    Without it such an adapter is saved as PEFT saves it unconverted (``init_lora_weights: "pissa"``):
+    PEFT redoes the init on the original base when it loads it; minilora's loader refuses it.
     Returns ``{"weights": path, "config": path, "bytes": size of the weights file}``.
     """
     directory = os.fspath(directory)
-    cfg = _build_config(model, adapter, base_model_name_or_path, task_type)
-    tensors = adapter_tensors(model, adapter)
+    cfg = _build_config(model, adapter, base_model_name_or_path, task_type, convert_to_lora)
+    tensors = adapter_tensors(model, adapter, convert_to_lora)
+    merged_dora = [p for p, m in lora_layers(model).items() if m.merged is not None and m.adapters[m.merged].dora]
+    if merged_dora:
+        raise AdapterError(f"{merged_dora[0]}: a DoRA adapter is merged into W; unmerge() before saving (the base "
+                           "fingerprint is taken from the unmerged W)")
+    with _original_base(model, adapter) if convert_to_lora else contextlib.nullcontext(model):
+        fingerprint, sketch = base_fingerprint(model), json.dumps(_sketch(model), separators=(",", ":"))
+    ads = [m.adapters[adapter] for m in layers_with(model, adapter).values()]
     metadata = {
         "format": "pt",
         "minilora.adapter": adapter,
-        "minilora.base_sha256": base_fingerprint(model),
-        "minilora.base_sketch": json.dumps(_sketch(model), separators=(",", ":")),
+        "minilora.base_sha256": fingerprint,
+        "minilora.base_sketch": sketch,
         "minilora.config_sha256": _tensor_fields_sha(cfg),
     }
+    if cfg["use_dora"]:  # minilora's own choice of backward; PEFT ignores it (and detaches the norm)
+        metadata["minilora.dora_exact"] = json.dumps(all(a.dora_exact for a in ads))
     weights_bytes = st.serialize(tensors, metadata)
     config_bytes = (json.dumps(cfg, indent=2, sort_keys=True) + "\n").encode()
     os.makedirs(directory, exist_ok=True)
@@ -309,7 +377,10 @@ def read_adapter(model, directory, adapter_name="default", check_fingerprint=Tru
         if m is None:
             raise AdapterError(f"{wfile}: key {key!r}: unexpected key (expected {PREFIX}<path>.lora_A.weight "
                                "or .lora_B.weight)")
-        path, which = m["path"], m["AB"]
+        path, which = m["path"], m["AB"] or "m"
+        if which == "m" and not cfg["dora"]:
+            raise AdapterError(f"{wfile}: key {key!r}: unexpected key — a DoRA magnitude, but {cfile} has "
+                               "use_dora false")
         if (path, which) in found:
             raise AdapterError(f"{wfile}: key {key!r}: duplicates {found[(path, which)]!r}")
         if path not in available:
@@ -325,10 +396,11 @@ def read_adapter(model, directory, adapter_name="default", check_fingerprint=Tru
     if not targeted:
         raise AdapterError(f"{cfile}: key 'target_modules': {cfg['targets']!r} matches no layer of this model")
     for p in targeted:
-        for which in "AB":
+        for which in "ABm" if cfg["dora"] else "AB":
             if (p, which) not in found:
-                raise AdapterError(f"{wfile}: missing key {PREFIX}{p}.lora_{which}.weight "
-                                   f"(layer {p!r} is targeted by {cfile})")
+                key = f"{PREFIX}{p}.{MAGNITUDE}" if which == "m" else f"{PREFIX}{p}.lora_{which}.weight"
+                raise AdapterError(f"{wfile}: missing key {key} (layer {p!r} is targeted by {cfile}"
+                                   f"{' with use_dora true' if which == 'm' else ''})")
 
     # --- dtypes, shapes, config agreement, values
     plans = []
@@ -341,17 +413,22 @@ def read_adapter(model, directory, adapter_name="default", check_fingerprint=Tru
             want_dtype = backend.dtype_name(W)
         else:  # a 4-bit QuantLinear base: its adapters are float32 (nn/quantized.py)
             d_out, d_in, want_dtype = base.d_out, base.d_in, "float32"
-        kA, kB = found[(p, "A")], found[(p, "B")]
-        for k in (kA, kB):
+        if cfg["dora"] and "W" not in base.params:
+            raise AdapterError(f"{cfile}: key 'use_dora': layer {p!r} has a 4-bit (Q4_1) base; minilora does not "
+                               "run DoRA on it (load the float32 model)")
+        kA, kB, km = found[(p, "A")], found[(p, "B")], found.get((p, "m"))
+        for k in (kA, kB, km) if km else (kA, kB):
             tag = entries[k][0]
             if tag not in FLOAT_TAGS:
                 raise AdapterError(f"{wfile}: key {k!r}: wrong dtype {tag}, expected a float dtype")
             if FLOAT_TAGS[tag] != want_dtype:
                 raise AdapterError(f"{wfile}: key {k!r}: wrong dtype {tag} ({FLOAT_TAGS[tag]}) for a "
                                    f"{want_dtype} model; cast the model with .astype() first")
-            if tensors[k].ndim != 2:
+            if k != km and tensors[k].ndim != 2:
                 raise AdapterError(f"{wfile}: key {k!r}: wrong shape {tensors[k].shape}, expected 2-D")
-        A, B = tensors[kA], tensors[kB]
+        A, B, mag = tensors[kA], tensors[kB], tensors[km] if km else None
+        if mag is not None and tuple(mag.shape) != (d_out,):
+            raise AdapterError(f"{wfile}: key {km!r}: wrong shape {mag.shape}, expected (d_out,) = ({d_out},)")
         if A.shape[1] != d_in:
             raise AdapterError(f"{wfile}: key {kA!r}: wrong shape {A.shape}, expected (r, d_in) = (r, {d_in})")
         if B.shape[0] != d_out:
@@ -368,10 +445,10 @@ def read_adapter(model, directory, adapter_name="default", check_fingerprint=Tru
             check_lora(p, d_in, d_out, r, alpha)
         except (TypeError, ValueError) as e:
             raise AdapterError(f"{cfile}: key 'r': {e}") from None
-        for k, a in ((kA, A), (kB, B)):
-            if not backend.is_finite(a):
+        for k, a in ((kA, A), (kB, B), (km, mag)):
+            if a is not None and not backend.is_finite(a):
                 raise AdapterError(f"{wfile}: key {k!r}: contains NaN or Inf")
-        plans.append(_Plan(p, A, B, r, alpha))
+        plans.append(_Plan(p, A, B, r, alpha, mag))
 
     # --- the model side
     try:
@@ -388,6 +465,8 @@ def read_adapter(model, directory, adapter_name="default", check_fingerprint=Tru
                 raise AdapterError(f"{p}: adapter {m.merged!r} is merged into W; unmerge before activating "
                                    f"{adapter_name!r}")
     how = _check_fingerprint(model, meta, wfile) if check_fingerprint else "skipped"
+    # DoRA's backward: minilora's files record the choice; PEFT's files were trained with the norm detached
+    cfg["dora_exact"] = not cfg["dora"] or meta.get("minilora.dora_exact", "false") == "true"
     return plans, cfg, how
 
 
@@ -402,7 +481,8 @@ def load_adapter(model, directory, adapter_name: str = "default", activate: bool
     Returns ``{"layers": [...], "fingerprint": "exact" | "rounding" | "absent" | "skipped"}``.
     """
     plans, cfg, how = read_adapter(model, directory, adapter_name, check_fingerprint, activate)
-    _install(model, adapter_name, plans, cfg["rslora"], cfg["dropout"], cfg["init"], trainable)
+    _install(model, adapter_name, plans, cfg["rslora"], cfg["dropout"], cfg["init"], trainable,
+             dora=cfg["dora"], dora_exact=cfg["dora_exact"])
     if activate:
         set_active(model, adapter_name)
     return {"layers": [p.path for p in plans], "fingerprint": how}

@@ -13,6 +13,7 @@ import math
 from dataclasses import dataclass
 
 from .. import backend
+from ..functional.dora import dora_weight
 from ..functional.lora import lora_delta
 from ..nn.lora import add_lora, layers_with, lora_layers, wrap_with_lora
 
@@ -30,6 +31,8 @@ class AdapterInfo:
     init: str
     active: bool  # active on every layer that carries it
     merged: bool  # merged into W on every layer that carries it
+    dora: bool = False  # DoRA (a magnitude m per output row)
+    dora_exact: bool = True  # DoRA's backward: exact through the norm, or PEFT's (norm detached)
 
 
 def list_adapters(model) -> dict:
@@ -46,19 +49,20 @@ def list_adapters(model) -> dict:
             name, tuple(layers), {p: a.r for p, a in ads.items()}, {p: a.alpha for p, a in ads.items()},
             first.rslora, first.dropout, first.init,
             all(m.active == name for m in layers.values()), all(m.merged == name for m in layers.values()),
+            first.dora, first.dora_exact,
         )
     return out
 
 
 def add_adapter(model, name: str, targets=None, r=8, alpha=16, rslora=False, dropout=0.0,
-                init="gaussian", seed=0, activate=False):
+                init="gaussian", seed=0, activate=False, use_dora=False, dora_exact=True, freeze_A=False):
     """Add adapter ``name`` on ``targets`` (``nn.lora.add_lora`` with ``adapter=name``).
 
     ``r`` and ``alpha`` may be per-target dicts. Like ``add_lora``, every parameter already in the
     model is frozen; only the new A, B train. ``activate=True`` makes it the model's active adapter.
     """
     add_lora(model, targets, r=r, alpha=alpha, rslora=rslora, dropout=dropout, init=init, seed=seed,
-             adapter=name, activate=False)
+             adapter=name, activate=False, use_dora=use_dora, dora_exact=dora_exact, freeze_A=freeze_A)
     if activate:
         set_active(model, name)
     return model
@@ -146,7 +150,12 @@ def merge_drift(model, adapter: str, dtypes=("float64", "float32", "float16")) -
                 W, A, B = (backend.move(a, xp) for a in (W, A, B))
             to = getattr(xp, dt)
             W0, A, B = xp.astype(W, to), xp.astype(A, to), xp.astype(B, to)
-            W2 = (W0 + lora_delta(A, B, ad.scale)) - lora_delta(A, B, ad.scale)
+            if ad.dora:  # merge W′ = (m / n) ⊙ V, unmerge W′ ⊙ n / m − ΔW, as LoRALinear does
+                m_ = xp.astype(backend.move(ad.params["m"], xp), to)
+                W1, n = dora_weight(W0, A, B, m_, ad.scale)
+                W2 = W1 * (n / m_)[:, None] - lora_delta(A, B, ad.scale)
+            else:
+                W2 = (W0 + lora_delta(A, B, ad.scale)) - lora_delta(A, B, ad.scale)
             w64 = xp.astype(W0, xp.float64)
             d = xp.astype(W2, xp.float64) - w64
             err = float(xp.max(xp.abs(d)))
@@ -172,17 +181,21 @@ class _Plan:
     B: object  # (d_out, r)
     r: int
     alpha: float
+    m: object = None  # (d_out,) DoRA's magnitude, or None for plain LoRA
 
 
-def _install(model, name, plans, rslora=False, dropout=0.0, init="gaussian", trainable=True):
+def _install(model, name, plans, rslora=False, dropout=0.0, init="gaussian", trainable=True, dora=False,
+             dora_exact=True):
     """Add adapter ``name`` with the given arrays (validated by the caller) to ``model``."""
     model.freeze()  # as add_lora: the base (and older adapters) stay frozen
     for plan in plans:
         layer = wrap_with_lora(model, plan.path)
-        ad = layer.add_adapter(name, plan.r, plan.alpha, rslora, dropout, init, seed=0)
+        ad = layer.add_adapter(name, plan.r, plan.alpha, rslora, dropout, init, seed=0, dora=dora,
+                               dora_exact=dora_exact)
         xp = backend.namespace(ad.params["A"])  # the adapter lives where its layer does
-        for k, a in (("A", plan.A), ("B", plan.B)):
-            ad.params[k] = backend.move(a, xp)
+        for k, a in (("A", plan.A), ("B", plan.B), ("m", plan.m)):
+            if a is not None:
+                ad.params[k] = backend.move(a, xp)
         if not trainable:
             ad.freeze()
     model.set_paths()

@@ -11,6 +11,8 @@ chooses); these are the ones the docs derive and the tests hold the fast ones to
 from .activations import gelu_backward, gelu_forward, relu_backward, relu_forward
 from .linear import linear_backward, linear_forward
 from .lora import lora_backward, lora_delta, lora_forward, lora_scale, lowrank_backward, lowrank_forward
+from .lora import lora_fa_backward, lora_fa_forward, olora_init, pissa_init
+from .dora import dora_backward, dora_forward
 from .losses import (
     log_softmax,
     softmax,
@@ -22,4 +24,5 @@ from .losses import (
 from .attention import attention_backward, attention_forward, merge_heads, split_heads
 from .embedding import embedding_backward, embedding_forward, position_backward, position_forward
 from .layernorm import layernorm_backward, layernorm_forward
+from .lora_embedding import lora_embedding_backward, lora_embedding_delta, lora_embedding_forward
 from .optim import adamw_update

@@ -166,3 +166,117 @@ def lowrank_backward(dout, cache: LowRankCache, need=ALL):
         if mask is not None:
             dx = dx * mask
     return dx, grads
+
+
+# ----------------------------------------------------------------------------- LoRA-FA: A frozen
+# LoRA-FA (Zhang et al., 2023, arXiv 2308.03303) freezes A after its random init and trains B only.
+# With A and W frozen nothing in the backward needs x: dB = scale · doutᵀ u needs the r-wide code
+# u = x̃ Aᵀ, and dx = dout W + (du A) ⊙ mask needs only the weights (and the mask). The cache keeps
+# u — r numbers per row instead of d_in (docs/lora.md §10).
+
+FA_ALL = ("x", "B")  # the gradients lora_fa_backward can return
+
+
+class LoRAFACache(NamedTuple):
+    x_shape: tuple  # (..., d_in)  the input's shape: x itself is not kept
+    mask: object  # (..., d_in)  inverted-dropout mask, or None (dx needs it)
+    u: object  # (..., r)     u = x̃ Aᵀ, the low-rank code
+    W: object  # (d_out, d_in) frozen
+    A: object  # (r, d_in)     frozen
+    B: object  # (d_out, r)
+    scale: float
+
+
+def lora_fa_forward(x, W, b, A, B, scale: float, mask=None, layer: str = "lora_fa"):
+    """h = x Wᵀ + b + scale · (x̃ Aᵀ) Bᵀ, as ``lora_forward``; the cache drops x (A, W frozen).
+
+    Inputs:  x (..., d_in), W (d_out, d_in), b (d_out,) or None, A (r, d_in), B (d_out, r),
+             scale (float), mask (..., d_in) inverted-dropout mask or None
+    Returns: h (..., d_out), cache (no x, no x̃)
+    """
+    checks.lora_inputs(layer, x, W, b, A, B, mask)
+    x_drop = x if mask is None else x * mask  # (..., d_in)  used here, not kept
+    u = x_drop @ A.T  # (..., r)
+    h = x @ W.T  # (..., d_out)
+    if b is not None:
+        h = h + b
+    h = h + (scale * u) @ B.T
+    return h, LoRAFACache(tuple(x.shape), mask, u, W, A, B, scale)
+
+
+def lora_fa_backward(dout, cache: LoRAFACache, need=FA_ALL):
+    """Backward of ``lora_fa_forward``: dB and dx, no dA (A is frozen, and x is gone).
+
+        dB = scale · doutᵀ u            (d_out, r)
+        du = scale · dout B             (..., r)
+        dx = dout W + (du A) ⊙ mask     (..., d_in)
+
+    Inputs:  dout (..., d_out), cache from ``lora_fa_forward``; ``need`` among "x", "B"
+    Returns: dx (..., d_in) or None, grads {"B": dB} restricted to ``need``
+    """
+    x_shape, mask, u, W, A, B, scale = cache
+    if "A" in need or "W" in need:
+        raise ValueError("lora_fa_backward: A and W are frozen in LoRA-FA and the cache holds no x "
+                         f"to compute their gradient (need = {sorted(need)}); use lora_forward")
+    xp = namespace(dout, u)
+    d_out = W.shape[0]
+    r = A.shape[0]
+    dout2 = xp.reshape(dout, (-1, d_out))  # (N, d_out)
+    grads = {}
+    if "B" in need:
+        grads["B"] = scale * (dout2.T @ xp.reshape(u, (-1, r)))  # (d_out, r)
+    dx = None
+    if "x" in need:
+        du2 = dout2 @ (scale * B)  # (N, r)   du = scale · dout B
+        dx_lora = xp.reshape(du2 @ A, x_shape)  # (..., d_in)
+        if mask is not None:
+            dx_lora = mask * dx_lora
+        dx = dout @ W + dx_lora
+    return dx, grads
+
+
+def cache_bytes(cache, weights=("W", "A", "B", "m", "V")) -> int:
+    """Bytes of the activations a cache keeps: every array field except the weights (which the
+    model holds anyway), each distinct array counted once (x̃ is x when there is no mask)."""
+    seen, total = set(), 0
+    for name, a in zip(cache._fields, cache):
+        if name in weights or not hasattr(a, "__array_namespace__") or id(a) in seen:
+            continue
+        seen.add(id(a))
+        total += math.prod(a.shape) * (a.__array_namespace__().finfo(a.dtype).bits // 8)
+    return total
+
+
+# ----------------------------------------------------------------------------- inits from W
+# PiSSA (Meng et al., 2024, arXiv 2404.02948) and OLoRA (Büyükakyüz, 2024, arXiv 2406.01775) start
+# A, B from W itself and move that part out of the base: W_res = W − scale · B A, so the adapted
+# layer still equals the base at step 0 (W_res + scale · B A = W), and the base is rewritten.
+# Computed in float32 (float64 for a float64 W), as PEFT's ``pissa_init`` / ``olora_init``.
+
+
+def _work_dtype(W):
+    xp = namespace(W)
+    return xp, (xp.float64 if W.dtype == xp.float64 else xp.float32)
+
+
+def pissa_init(W, r: int, scale: float):
+    """PiSSA: W = U Σ Vᵀ;  B = U_r √(Σ_r / scale),  A = √(Σ_r / scale) V_rᵀ,  so scale · B A is
+    the best rank-r part of W (PEFT's ``pissa_init``: Sr /= scaling). Returns (A, B, W_res)."""
+    xp, work = _work_dtype(W)
+    U, S, Vh = xp.linalg.svd(xp.astype(W, work), full_matrices=False)  # (d_out, k), (k,), (k, d_in)
+    root = xp.sqrt(S[:r] / scale)  # (r,)
+    A = root[:, None] * Vh[:r, :]  # (r, d_in)
+    B = U[:, :r] * root[None, :]  # (d_out, r)
+    W_res = xp.astype(W, work) - scale * (B @ A)  # (d_out, d_in)  the rewritten base
+    return xp.astype(A, W.dtype), xp.astype(B, W.dtype), xp.astype(W_res, W.dtype)
+
+
+def olora_init(W, r: int, scale: float):
+    """OLoRA: W = Q R (reduced QR);  B = Q_r (orthonormal columns),  A = R_r (first r rows), and
+    W_res = W − scale · B A (PEFT's ``olora_init``; the scale is not folded into A, B). Returns
+    (A, B, W_res)."""
+    xp, work = _work_dtype(W)
+    Q, R = xp.linalg.qr(xp.astype(W, work))  # (d_out, k), (k, d_in)
+    A, B = R[:r, :], Q[:, :r]  # (r, d_in), (d_out, r)
+    W_res = xp.astype(W, work) - scale * (B @ A)
+    return xp.astype(A, W.dtype), xp.astype(B, W.dtype), xp.astype(W_res, W.dtype)

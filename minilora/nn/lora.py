@@ -17,7 +17,9 @@ import math
 from .. import backend, checks, fast
 from ..checks import check_adapter_options, check_lora
 from ..functional.linear import LinearCache
-from ..functional.lora import lora_delta, lora_scale, lowrank_backward, lowrank_forward
+from ..functional.dora import dora_backward, dora_forward, dora_weight, row_norm
+from ..functional.lora import (lora_delta, lora_fa_backward, lora_fa_forward, lora_scale, lowrank_backward,
+                               lowrank_forward, olora_init, pissa_init)
 from .linear import Linear
 from .module import Module
 from .quantized import QuantLinear
@@ -29,17 +31,34 @@ class LoRAAdapter(Module):
     A starts random (``init="gaussian"``: N(0, 1/r²) as PEFT's "gaussian" option; the paper says
     Gaussian; ``"kaiming_uniform"``: U(−1/√d_in, 1/√d_in), PEFT's default), B starts at zero,
     so ΔW = B A = 0 and the adapted model equals the base at step 0.
+
+    ``init="pissa"`` / ``"olora"`` start A, B from the base weight ``W`` (its top-r SVD, its QR);
+    the layer then rewrites its base to W − scale · B A (``LoRALinear.add_adapter``), and
+    ``initial`` keeps A₀, B₀ on the host for ``save_adapter(..., convert_to_lora=True)``.
+
+    ``dora=True`` adds the magnitude ``m`` (d_out,) of DoRA (``functional/dora.py``), set by the
+    layer to ‖W + scale · B A‖ per row; ``dora_exact`` picks the exact backward (True) or PEFT's,
+    which treats the norm as a constant (False).
     """
 
     INITS = checks.ADAPTER_INITS
+    WEIGHT_INITS = {"pissa": pissa_init, "olora": olora_init}  # inits that read (and rewrite) W
 
     def __init__(self, d_in, d_out, r, alpha, rslora=False, dropout=0.0, init="gaussian",
-                 seed=0, dtype="float32", device="cpu", layer="LoRALinear"):
+                 seed=0, dtype="float32", device="cpu", layer="LoRALinear", W=None, dora=False,
+                 dora_exact=True):
         super().__init__()
         check_lora(layer, d_in, d_out, r, alpha)
         check_adapter_options(layer, dropout=dropout, init=init)
         self.r, self.alpha, self.rslora, self.dropout, self.init = int(r), float(alpha), bool(rslora), float(dropout), init
+        self.dora, self.dora_exact = bool(dora), bool(dora_exact)
+        self.initial = None  # {"A": A₀, "B": B₀} (NumPy) for an init from W
         self.rng = backend.rng(seed)  # also draws the dropout masks
+        if init in self.WEIGHT_INITS:
+            A, B, self.W_res = self.WEIGHT_INITS[init](W, self.r, self.scale)
+            self.params["A"], self.params["B"] = A, B
+            self.initial = {"A": backend.to_numpy(A).copy(), "B": backend.to_numpy(B).copy()}
+            return
         if init == "gaussian":
             self.params["A"] = backend.normal(self.rng, (r, d_in), 1.0 / r, dtype, device)
         else:
@@ -55,7 +74,8 @@ class LoRAAdapter(Module):
         return lora_delta(self.params["A"], self.params["B"], self.scale)
 
     def config(self) -> dict:
-        return {"r": self.r, "alpha": self.alpha, "rslora": self.rslora, "dropout": self.dropout, "init": self.init}
+        return {"r": self.r, "alpha": self.alpha, "rslora": self.rslora, "dropout": self.dropout, "init": self.init,
+                "dora": self.dora, "dora_exact": self.dora_exact}
 
 
 class LoRALinear(Module):
@@ -66,7 +86,12 @@ class LoRALinear(Module):
     ``unmerge()`` takes it out again; ``merged`` names the adapter inside W, if any. Training
     while merged is refused.
 
-    Parameter names: ``base.W``, ``base.b``, ``lora.<adapter>.A``, ``lora.<adapter>.B``.
+    Parameter names: ``base.W``, ``base.b``, ``lora.<adapter>.A``, ``lora.<adapter>.B`` (and
+    ``lora.<adapter>.m`` for a DoRA adapter: y = x W′ᵀ + b, W′ = m ⊙ V / ‖V‖_rows,
+    V = W + scale · B A; ``functional/dora.py``).
+
+    LoRA-FA: while the active adapter's A is frozen and the base has nothing trainable, the forward
+    runs ``lora_fa_forward``, whose cache keeps u = x̃ Aᵀ instead of x (docs/lora.md §10).
 
     Over a 4-bit ``QuantLinear`` base (QLoRA): h = base(x) + scale · (x̃ Aᵀ) Bᵀ and
     dx = baseᵀ(dout) + the low-rank path's dx (``lowrank_forward`` / ``lowrank_backward``); the
@@ -81,27 +106,37 @@ class LoRALinear(Module):
         base.freeze()
         self.active: str | None = None
         self.merged: str | None = None
+        self.merged_norm = None  # DoRA: ‖V‖ per row at merge time, what unmerge divides back out
 
     # ------------------------------------------------------------------ adapters
     @property
     def adapters(self) -> dict:
         return self.children["lora"].children
 
-    def add_adapter(self, name="default", r=8, alpha=16, rslora=False, dropout=0.0, init="gaussian", seed=0):
-        if name in self.adapters:
-            raise ValueError(f"{self.label}: adapter {name!r} already exists")
-        check_adapter_options(self.label, name=name)
+    def add_adapter(self, name="default", r=8, alpha=16, rslora=False, dropout=0.0, init="gaussian", seed=0,
+                    dora=False, dora_exact=True):
+        self.check_new_adapter(name, init, dora)
+        W = None if self.quantized else self.base.params["W"]
         if self.quantized:  # no float W to follow: a 4-bit base's adapter is float32 on the host
             dtype, device = "float32", "cpu"
         else:
-            W = self.base.params["W"]
             dtype, device = backend.dtype_name(W), backend.namespace(W)
         adapter = LoRAAdapter(self.base.d_in, self.base.d_out, r, alpha, rslora, dropout, init, seed,
-                              dtype, device, layer=self.label)
+                              dtype, device, layer=self.label, W=W, dora=dora, dora_exact=dora_exact)
+        if init in LoRAAdapter.WEIGHT_INITS:  # PiSSA / OLoRA: the base becomes W − scale · B A
+            W = self.base.params["W"] = adapter.W_res
+            del adapter.W_res
+            self.base.clear_cache()
+        if dora:  # m = ‖W + scale · B A‖ per row (PEFT's init), so the layer starts as the base
+            adapter.params["m"] = row_norm(W + adapter.delta())
         adapter.path = f"{self.label}.lora.{name}"
         adapter.training = self.training
         self.children["lora"].add_child(name, adapter)
         return adapter
+
+    def check_new_adapter(self, name, init="gaussian", dora=False) -> None:
+        """Raise unless adapter ``name`` with this init and DoRA choice can be added (nothing changes)."""
+        check_new_adapter(self.label, self.quantized, self.adapters, self.merged, name, init, dora)
 
     def delete_adapter(self, name: str) -> None:
         self._require(name)
@@ -142,7 +177,15 @@ class LoRALinear(Module):
         if self.merged is not None:
             raise ValueError(f"{self.label}: adapter {self.merged!r} is already merged; unmerge() first")
         self._require(name)
-        W_new = self.base.params["W"] + self.adapters[name].delta()
+        ad = self.adapters[name]
+        if ad.dora:  # W′ = (m / n) ⊙ V; unmerge divides by m / n again, so no m may be 0
+            xp = backend.namespace(ad.params["m"])
+            if not bool(xp.all(ad.params["m"] != 0)):
+                raise ValueError(f"{self.label}: DoRA adapter {name!r} has zero entries in its magnitude m; "
+                                 "merging would zero those rows of W and unmerge could not restore them")
+            W_new, _ = dora_weight(self.base.params["W"], ad.params["A"], ad.params["B"], ad.params["m"], ad.scale)
+        else:
+            W_new = self.base.params["W"] + ad.delta()
         if not backend.is_finite(W_new):
             raise FloatingPointError(
                 f"{self.label}: merging adapter {name!r} gives non-finite weights; model left unchanged"
@@ -151,19 +194,34 @@ class LoRALinear(Module):
 
     def set_merged(self, name: str, W_new) -> None:
         """Install ``W_new`` from ``merged_weight(name)`` as W; ``name`` becomes merged and active."""
+        ad = self.adapters[name]
+        if ad.dora:  # keep ‖V‖ per row: unmerge needs it, and W′ alone no longer tells it
+            self.merged_norm = row_norm(self.base.params["W"] + ad.delta())
         self.base.params["W"] = W_new
         self.merged = name
         self.active = name
         self.clear_cache()
 
     def unmerge(self) -> None:
-        """W ← W − scale · B A, restoring the base weights up to rounding."""
+        """W ← W − scale · B A (DoRA: W ← W′ ⊙ n / m − scale · B A), restoring the base weights up
+        to rounding."""
         if self.merged is None:
             return  # nothing is merged (a 4-bit base never is): nothing to undo
         self._refuse_if_quantized("unmerge")
-        self.base.params["W"] = self.base.params["W"] - self.adapters[self.merged].delta()
+        self.base.params["W"] = self.unmerged_weight()
         self.merged = None
+        self.merged_norm = None
         self.clear_cache()
+
+    def unmerged_weight(self):
+        """The base W that ``unmerge`` would restore (W itself when nothing is merged)."""
+        W = self.base.params["W"]
+        if self.merged is None:
+            return W
+        ad = self.adapters[self.merged]
+        if ad.dora:
+            return W * (self.merged_norm / ad.params["m"])[:, None] - ad.delta()
+        return W - ad.delta()
 
     def _refuse_if_quantized(self, what: str) -> None:
         if self.quantized:
@@ -186,10 +244,22 @@ class LoRALinear(Module):
             return y
         ad = self.adapters[self.active]
         mask = self._dropout_mask(ad, x)
-        lora_forward, _ = fast.pair("lora")
-        y, cache = lora_forward(x, W, b, ad.params["A"], ad.params["B"], ad.scale, mask, layer=self.label)
-        self.cache = ("lora", cache)
+        A, B = ad.params["A"], ad.params["B"]
+        if ad.dora:
+            y, cache = dora_forward(x, W, b, A, B, ad.params["m"], ad.scale, mask, layer=self.label)
+            self.cache = ("dora", cache)
+        elif self._fa(ad):  # LoRA-FA: A and the base frozen, so the cache need not keep x
+            y, cache = lora_fa_forward(x, W, b, A, B, ad.scale, mask, layer=self.label)
+            self.cache = ("lora_fa", cache)
+        else:
+            lora_forward, _ = fast.pair("lora")
+            y, cache = lora_forward(x, W, b, A, B, ad.scale, mask, layer=self.label)
+            self.cache = ("lora", cache)
         return y
+
+    def _fa(self, ad) -> bool:
+        """LoRA-FA's case: A frozen and nothing in the base trains, so no gradient needs x."""
+        return "A" in ad.frozen and not self.base.trainable_names()
 
     def backward(self, dout):
         """dx through W and B A; dA, dB for the active adapter; dW, db only if the base trains."""
@@ -213,6 +283,19 @@ class LoRALinear(Module):
             dx, self.base.grads = linear_backward(dout, cache, need=base_wanted | x_wanted)
             return dx
         ad = self.adapters[self.active]
+        if kind == "dora":  # W is inside V = W + scale · B A: its gradient comes from the DoRA pair too
+            dx, grads = dora_backward(dout, cache, need=ad.trainable_names() | x_wanted | base_wanted,
+                                      exact=ad.dora_exact)
+            ad.grads = {k: grads[k] for k in ad.trainable_names()}
+            self.base.grads = {k: grads[k] for k in base_wanted}
+            return dx
+        if kind == "lora_fa":
+            if not self._fa(ad):
+                raise RuntimeError(f"{self.label}: A or the base was unfrozen after a LoRA-FA forward, whose "
+                                   "cache holds no x for their gradients; run forward again before backward")
+            dx, ad.grads = lora_fa_backward(dout, cache, need=ad.trainable_names() | x_wanted)
+            self.base.grads = {}
+            return dx
         _, lora_backward = fast.pair("lora")
         dx, ad.grads = lora_backward(dout, cache, need=ad.trainable_names() | x_wanted)
         _, self.base.grads = linear_backward(dout, LinearCache(cache.x, cache.W), need=base_wanted)
@@ -255,13 +338,13 @@ class LoRALinear(Module):
         = ...``, ``adapter.B = ...`` clear only their own module's cache) would make the backward
         differentiate the old weights. Refused instead."""
         used = {"base.W": cache.W}
-        if kind == "lora":
-            used.update({f"{self.active}.A": cache.A, f"{self.active}.B": cache.B})
+        ad = self.adapters.get(self.active) if kind != "base" else None
+        names = ("A", "B", "m") if kind == "dora" else ("A", "B")
+        if kind != "base":
+            used.update({f"{self.active}.{k}": getattr(cache, k) for k in names})
         now = {"base.W": self.base.params["W"]}
-        if kind == "lora":
-            ad = self.adapters.get(self.active)
-            now.update({f"{self.active}.A": ad.params["A"] if ad else None,
-                        f"{self.active}.B": ad.params["B"] if ad else None})
+        if kind != "base":
+            now.update({f"{self.active}.{k}": ad.params.get(k) if ad else None for k in names})
         changed = [name for name in used if used[name] is not now[name]]
         if changed:
             raise RuntimeError(f"{self.label}: {', '.join(changed)} was replaced after forward; run forward "
@@ -269,6 +352,21 @@ class LoRALinear(Module):
 
 
 # ----------------------------------------------------------------------------- placement
+
+
+def check_new_adapter(label, quantized, adapters, merged, name, init="gaussian", dora=False) -> None:
+    """Raise ``ValueError`` unless a layer (4-bit or not, with ``adapters`` and ``merged``) can take
+    adapter ``name`` with this init and DoRA choice."""
+    if name in adapters:
+        raise ValueError(f"{label}: adapter {name!r} already exists")
+    check_adapter_options(label, name=name, init=init)
+    if quantized and (dora or init in LoRAAdapter.WEIGHT_INITS):
+        what = "DoRA (it needs the row norms of W + scale · B A)" if dora else f"init={init!r} (it rewrites W)"
+        raise ValueError(f"{label}: {what} is not supported on a 4-bit (Q4_1) base; use plain LoRA "
+                         "(QLoRA) here, or load the float32 model (smollm2(quantized=False))")
+    if init in LoRAAdapter.WEIGHT_INITS and (adapters or merged is not None):
+        raise ValueError(f"{label}: init={init!r} rewrites the base W, but the layer already has "
+                         f"adapters {sorted(adapters)} made for the current W; add it to a fresh layer")
 
 
 def _matches(path: str, pattern: str) -> bool:
@@ -345,10 +443,13 @@ def _per_target(value, path, name):
 
 
 def add_lora(model, targets=None, r=8, alpha=16, rslora=False, dropout=0.0, init="gaussian",
-             seed=0, adapter="default", activate=True):
+             seed=0, adapter="default", activate=True, use_dora=False, dora_exact=True, freeze_A=False):
     """Wrap each target ``Linear`` in a ``LoRALinear`` (or add an adapter to an existing one).
 
-    Freezes every parameter already in the model; only the new A and B are trainable.
+    Freezes every parameter already in the model; only the new A and B are trainable (and m with
+    ``use_dora=True``: DoRA, its backward exact through the norm unless ``dora_exact=False``, which
+    is PEFT's). ``freeze_A=True`` is LoRA-FA: A stays at its init, only B trains. ``init="pissa"`` or
+    ``"olora"`` start A, B from W and rewrite the base to W − scale · B A.
     Returns the model. Raises ``ValueError`` for unknown targets, a bad r or alpha.
     """
     paths = resolve_targets(model, targets)
@@ -362,13 +463,18 @@ def add_lora(model, targets=None, r=8, alpha=16, rslora=False, dropout=0.0, init
         rr, aa = _per_target(r, path, "r"), _per_target(alpha, path, "alpha")
         check_lora(path, base.d_in, base.d_out, rr, aa)
         check_adapter_options(path, dropout=dropout, init=init, name=adapter)
-        if isinstance(layer, LoRALinear) and adapter in layer.adapters:
-            raise ValueError(f"{path}: adapter {adapter!r} already exists")
+        if isinstance(layer, LoRALinear):
+            layer.check_new_adapter(adapter, init, use_dora)
+        else:
+            check_new_adapter(path, isinstance(layer, QuantLinear), {}, None, adapter, init, use_dora)
         plan.append((path, layer, rr, aa))
     model.freeze()
     for path, layer, rr, aa in plan:
         layer = wrap_with_lora(model, path)
-        layer.add_adapter(adapter, rr, aa, rslora, dropout, init, seed=gen.integers(2**63))
+        ad = layer.add_adapter(adapter, rr, aa, rslora, dropout, init, seed=gen.integers(2**63),
+                               dora=use_dora, dora_exact=dora_exact)
+        if freeze_A:
+            ad.freeze("A")
         if activate and layer.merged is None:
             layer.set_active(adapter)
     model.set_paths()
