@@ -18,6 +18,7 @@ model at once, one public function per verb:
   combine.py      a new adapter from weighted adapters (concat, svd, linear)
   inspect.py      what an adapter file holds, and why it would not load onto a model
   hotswap.py      another adapter written into a loaded adapter's arrays, in place
+  mixed.py        mixed-adapter batches: each row of a batch through its own adapter
   errors.py       AdapterError
 
 ``numpy`` is not imported here: arrays cross to the host through ``backend.to_numpy`` for hashing
@@ -30,13 +31,14 @@ from .files import (CONFIG_NAME, KEY_RE, PREFIX, WEIGHTS_NAME, adapter_tensors, 
 from .fingerprint import base_fingerprint
 from .hotswap import hotswap_adapter, prepare_for_hotswap
 from .inspect import Problem, diagnose, inspect_adapter
+from .mixed import mixed_batch
 from .named import (AdapterInfo, active_adapters, adapters_disabled, add_adapter, delete_adapter,
                     list_adapters, merge_drift, restore_active, set_active)
 
 __all__ = [
     "AdapterError", "AdapterInfo", "CONFIG_NAME", "KEY_RE", "PREFIX", "Problem", "WEIGHTS_NAME",
     "active_adapters", "adapter_tensors", "adapters_disabled", "add_adapter", "base_fingerprint",
-    "combine_adapters", "delete_adapter", "diagnose", "hotswap_adapter", "inspect_adapter", "list_adapters",
+    "combine_adapters", "delete_adapter", "diagnose", "hotswap_adapter", "inspect_adapter", "list_adapters", "mixed_batch",
     "load_adapter", "merge_drift", "prepare_for_hotswap", "read_adapter", "restore_active", "save_adapter",
     "set_active",
 ]

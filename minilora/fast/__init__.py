@@ -26,8 +26,9 @@ from ..functional import attention as ref_attention
 from ..functional import layernorm as ref_layernorm
 from ..functional import linear as ref_linear
 from ..functional import lora as ref_lora
+from ..functional import mixed_lora as ref_mixed_lora
 from ..functional import optim as ref_optim
-from . import activations, attention, layernorm, linear
+from . import activations, attention, layernorm, linear, mixed_lora
 from . import optim as fast_optim
 
 # name: (reference (forward, backward), fast (forward, backward))
@@ -44,6 +45,9 @@ PAIRS = {
                   (layernorm.layernorm_forward, layernorm.layernorm_backward)),
     "attention": ((ref_attention.attention_forward, ref_attention.attention_backward),
                   (attention.attention_forward, attention.attention_backward)),
+    # a mixed-adapter batch: the sub-batch loop, or one gather over the stacked adapters
+    "mixed_lora": ((ref_mixed_lora.mixed_lowrank_forward, ref_mixed_lora.mixed_lowrank_backward),
+                   (mixed_lora.mixed_lowrank_forward, mixed_lora.mixed_lowrank_backward)),
 }
 # name: (reference update, fast update)
 UPDATES = {
@@ -52,7 +56,11 @@ UPDATES = {
 
 # The switch: True runs the fast version. GELU, attention and AdamW measure 8-88% of a step
 # faster on NumPy; linear, LoRA, ReLU and LayerNorm within ±3% (docs/performance.md).
-USE_FAST = {name: True for name in (*PAIRS, *UPDATES)}
+# Off by default: the mixed-batch gather, which on NumPy is 10-40% slower than the reference's
+# sub-batch loop (benchmarks/mixed_batch.py, 1-16 adapters); it is there for devices where one
+# batched product beats K small ones, and proven equal to the loop (tests/test_mixed_lora.py).
+SLOWER_ON_NUMPY = ("mixed_lora",)
+USE_FAST = {name: name not in SLOWER_ON_NUMPY for name in (*PAIRS, *UPDATES)}
 
 
 def pair(name: str):

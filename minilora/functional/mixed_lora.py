@@ -57,7 +57,7 @@ def rows_of(rows: tuple, k: int) -> list:
     return [n for n, a in enumerate(rows) if a == k]
 
 
-def _unsort(xp, parts: list, rows: tuple, like):
+def unsort_rows(xp, parts: list, rows: tuple, like):
     """Stack the per-adapter blocks ``parts`` (adapter 0's rows, adapter 1's, …, then the rows of
     no adapter) back into the batch's row order: one ``take`` with the inverse permutation."""
     order = [n for k in range(-1, max(rows) + 1) for n in rows_of(rows, k) if k >= 0]
@@ -90,7 +90,7 @@ def mixed_lowrank_forward(x, adapters, rows, mask=None, layer: str = "mixed_lora
     n_none = len(rows_of(rows, -1))
     if n_none:  # rows of no adapter: no low-rank term
         parts.append(xp.zeros((n_none, *x.shape[1:-1], d_out), dtype=x.dtype, device=getattr(x, "device", None)))
-    h = _unsort(xp, parts, rows, x)  # (N, ..., d_out)
+    h = unsort_rows(xp, parts, rows, x)  # (N, ..., d_out)
     return h, MixedCache(x_drop, mask, rows, tuple(adapters), u)
 
 
@@ -131,5 +131,5 @@ def mixed_lowrank_backward(dout, cache: MixedCache, need=("x", "adapters")):
         n_none = len(rows_of(rows, -1))
         if n_none:
             parts.append(xp.zeros((n_none, *x_drop.shape[1:]), dtype=dout.dtype, device=dev))
-        dx = _unsort(xp, parts, rows, dout)
+        dx = unsort_rows(xp, parts, rows, dout)
     return dx, grads

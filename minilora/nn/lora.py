@@ -18,6 +18,7 @@ from .. import backend, checks, fast
 from ..checks import check_adapter_options, check_lora
 from ..functional.linear import LinearCache
 from ..functional.dora import dora_backward, dora_forward, dora_weight, row_norm
+from ..functional.mixed_lora import unsort_rows
 from ..functional.lora import (lora_delta, lora_fa_backward, lora_fa_forward, lora_scale, lowrank_backward,
                                lowrank_forward, olora_init, pissa_init)
 from .linear import Linear
@@ -107,6 +108,7 @@ class LoRALinear(Module):
         self.active: str | None = None
         self.merged: str | None = None
         self.merged_norm = None  # DoRA: ‖V‖ per row at merge time, what unmerge divides back out
+        self.rows: tuple | None = None  # a mixed batch: each row's adapter name (None: the base)
 
     # ------------------------------------------------------------------ adapters
     @property
@@ -233,6 +235,8 @@ class LoRALinear(Module):
 
     # ------------------------------------------------------------------ forward / backward
     def forward(self, x):
+        if self.rows is not None:
+            return self._forward_mixed(x)
         if self.quantized:
             return self._forward_quantized(x)
         base = self.base
@@ -272,6 +276,8 @@ class LoRALinear(Module):
             return None
         for m in self.adapters.values():
             m.grads = {}
+        if self.cache[0] == "mixed":
+            return self._backward_mixed(dout)
         if self.quantized:
             return self._backward_quantized(dout)
         kind, cache = self.cache
@@ -333,6 +339,100 @@ class LoRALinear(Module):
         dx_lr, ad.grads = lowrank_backward(dout, cache, need=ad.trainable_names() | ({"x"} if self.need_dx else set()))
         return dx if dx_lr is None else dx + dx_lr
 
+    # ------------------------------------------------------------------ mixed-adapter batches
+    def set_rows(self, names) -> None:
+        """Row n of the next batches uses adapter ``names[n]`` (None or "__base__": the base alone);
+        ``names=None`` returns to the active adapter. Names this layer lacks mean the base here
+        (as in PEFT: a layer that an adapter does not target runs the base for its rows).
+        ``minilora.adapters.mixed_batch`` sets every layer of a model at once."""
+        if names is None:
+            self.rows = None
+        else:
+            if self.merged is not None:
+                raise ValueError(f"{self.label}: adapter {self.merged!r} is merged into W; a mixed batch "
+                                 "needs every adapter unmerged (unmerge() first)")
+            dora = sorted({n for n in names if n in self.adapters and self.adapters[n].dora})
+            if dora:
+                raise ValueError(f"{self.label}: DoRA adapters {dora} cannot share a batch with others: "
+                                 "DoRA rescales the whole weight, it is not a term added per row")
+            self.rows = tuple(None if n == "__base__" else n for n in names)
+        self.clear_cache()
+
+    def _mixed_plan(self, x):
+        """The adapters the rows use, in the layer's order, and each row of ``x`` its index among
+        them. A model may hand the layer its batch flattened, (B·T, C) for a (B, T, C) batch:
+        then each of the B names covers T consecutive rows."""
+        used = [n for n in self.adapters if n in self.rows]
+        index = {n: k for k, n in enumerate(used)}
+        rows = tuple(index.get(n, -1) for n in self.rows)
+        N = x.shape[0] if x.ndim else 0
+        if rows and N != len(rows) and N % len(rows) == 0:
+            rows = tuple(a for a in rows for _ in range(N // len(rows)))  # batch-major flattening
+        return used, rows
+
+    def _forward_mixed(self, x):
+        """h_n = base(x_n) + scale_{a_n} · (x̃_n A_{a_n}ᵀ) B_{a_n}ᵀ (functional/mixed_lora.py)."""
+        used, rows = self._mixed_plan(x)
+        if self.quantized:
+            h, base_cache = self.base.forward(x), None
+        else:
+            linear_forward, _ = fast.pair("linear")
+            h, base_cache = linear_forward(x, self.base.params["W"], self.base.params.get("b"), layer=self.label)
+        if not used:  # no row of this layer has an adapter
+            self.cache = ("mixed", (base_cache, None, used))
+            return h
+        ads = [self.adapters[n] for n in used]
+        mask = self._mixed_mask(ads, rows, x)
+        mixed_forward, _ = fast.pair("mixed_lora")
+        h_lr, cache = mixed_forward(x, [(a.params["A"], a.params["B"], a.scale) for a in ads], rows, mask,
+                                    layer=self.label)
+        self.cache = ("mixed", (base_cache, cache, used))
+        return h + h_lr
+
+    def _mixed_mask(self, ads, rows, x):
+        """Each row's inverted-dropout mask from its own adapter's dropout and generator (training
+        only); None when no adapter in the batch drops anything."""
+        if not self.training or not any(a.dropout > 0 for a in ads):
+            return None
+        xp = backend.namespace(x)
+        parts = []
+        for k, a in enumerate(ads):
+            n_k = sum(1 for i in rows if i == k)
+            if n_k:
+                shape = (n_k, *x.shape[1:])
+                parts.append(backend.dropout_mask(a.rng, shape, a.dropout, backend.dtype_name(x), xp)
+                             if a.dropout > 0 else xp.ones(shape, dtype=x.dtype))
+        n_none = sum(1 for i in rows if i < 0)
+        if n_none:
+            parts.append(xp.ones((n_none, *x.shape[1:]), dtype=x.dtype))
+        return unsort_rows(xp, parts, rows, x)
+
+    def _backward_mixed(self, dout):
+        """dx = dout W + the mixed low-rank dx; each adapter's dA, dB from its own rows only."""
+        base_cache, cache, used = self.cache[1]
+        x_wanted = {"x"} if self.need_dx else set()
+        if self.quantized:
+            self.base.flow(self.need_dx)
+            dx = self.base.backward(dout)
+        else:
+            _, linear_backward = fast.pair("linear")
+            dx, self.base.grads = linear_backward(dout, base_cache, need=self.base.trainable_names() | x_wanted)
+        if cache is None:
+            return dx
+        ads = [self.adapters[n] for n in used]
+        for a, (A, B, _) in zip(ads, cache.adapters):
+            if a.params["A"] is not A or a.params["B"] is not B:
+                raise RuntimeError(f"{self.label}: adapter {a.path}'s A or B was replaced after forward; "
+                                   "run forward again before backward")
+        _, mixed_backward = fast.pair("mixed_lora")
+        want = x_wanted | ({"adapters"} if any(a.trainable_names() for a in ads) else set())
+        dx_lr, grads = mixed_backward(dout, cache, need=want)
+        for a, g in zip(ads, grads):
+            a.grads = {k: v for k, v in g.items() if k in a.trainable_names()}
+        if dx is None or dx_lr is None:
+            return dx if dx_lr is None else dx_lr
+        return dx + dx_lr
+
     def _check_cache_is_current(self, kind, cache):
         """The cache holds the arrays the forward used; a parameter assigned since then (``layer.base.W
         = ...``, ``adapter.B = ...`` clear only their own module's cache) would make the backward
@@ -377,6 +477,15 @@ def _matches(path: str, pattern: str) -> bool:
 def lora_layers(model) -> dict:
     """``{path: LoRALinear}`` for every LoRA layer in ``model``."""
     return {p: m for p, m in model.named_modules() if isinstance(m, LoRALinear)}
+
+
+def adapter_layers(model) -> dict:
+    """``{path: LoRALinear | LoRAEmbedding}``, model order: every layer holding named adapters,
+    linear or token embedding. Both kinds share the doors ``merge`` and ``unmerge`` use
+    (``merged_weight``, ``set_merged``, ``unmerge``, ``unmerged_weight``, ``active``, ``merged``)."""
+    from .lora_embedding import LoRAEmbedding  # imported here: lora_embedding builds on the models
+
+    return {p: m for p, m in model.named_modules() if isinstance(m, (LoRALinear, LoRAEmbedding))}
 
 
 def layers_with(model, name: str) -> dict:
@@ -484,11 +593,17 @@ def add_lora(model, targets=None, r=8, alpha=16, rslora=False, dropout=0.0, init
 def merge(model, adapter: str | None = None):
     """W ← W + scale · B A on every LoRA layer — all layers or none.
 
+    Token embeddings with LoRA (``LoRAEmbedding``) merge with them: E ← E + scale · (B A)ᵀ.
     ``adapter=None`` merges each layer's active adapter; a name merges that adapter on the layers
     that carry it (``KeyError`` if none do). Every new W is computed and checked finite before any
     layer changes, so a non-finite result raises and leaves the model bitwise unchanged.
     """
-    layers = lora_layers(model) if adapter is None else layers_with(model, adapter)
+    layers = adapter_layers(model)
+    if adapter is not None:
+        layers = {p: m for p, m in layers.items() if adapter in m.adapters}
+        if not layers:
+            names = sorted({n for m in adapter_layers(model).values() for n in m.adapters})
+            raise KeyError(f"{type(model).__name__}: no adapter {adapter!r}; adapters: {names}")
     plan = []
     for layer in layers.values():
         name = adapter if adapter is not None else layer.active
@@ -496,4 +611,11 @@ def merge(model, adapter: str | None = None):
             plan.append((layer, name, layer.merged_weight(name)))  # raises before any change
     for layer, name, W_new in plan:
         layer.set_merged(name, W_new)
+    return model
+
+
+def unmerge(model):
+    """W ← W − scale · B A (E ← E − scale · (B A)ᵀ) on every merged layer of either kind."""
+    for layer in adapter_layers(model).values():
+        layer.unmerge()
     return model
