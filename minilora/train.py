@@ -74,8 +74,30 @@ def largest_product(model, x) -> int:
     return int(rows) * int(biggest)
 
 
+class _NoBar:
+    """What ``_fit`` uses of a tqdm bar, showing nothing: where tqdm is not installed (a bare
+    CUDA machine with only NumPy and CuPy) ``fit`` prints its one summary line instead."""
+
+    disable = True
+
+    def __init__(self, iterable, **_):
+        self.iterable = iterable
+
+    def __iter__(self):
+        return iter(self.iterable)
+
+    def set_postfix(self, **_):
+        pass
+
+    def close(self):
+        pass
+
+
 def _fit(model, optimizer, batches, steps, loss, progress, desc) -> dict:
-    from tqdm import tqdm  # plain text bars: they also work in Jupyter without ipywidgets
+    try:
+        from tqdm import tqdm  # plain text bars: they also work in Jupyter without ipywidgets
+    except ImportError:
+        tqdm = _NoBar
 
     model.train()
     losses, times = [], []

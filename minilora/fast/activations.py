@@ -3,7 +3,8 @@
 Why: each one-line formula of the reference makes several fresh (N, 4C) arrays, and on a CPU a
 fresh multi-MB array costs more than its arithmetic. Here every step writes into arrays
 allocated once, and ``rowwise`` gives each core a block of rows (row i of each output depends
-only on row i of the inputs). Namespaces without ``out=`` (the array API) run the reference.
+only on row i of the inputs). Namespaces without ``out=`` (the array API) run the reference; on
+CuPy, with ``minilora.fast.cuda.USE_FUSED``, each pass is one fused kernel (``fast/cuda.py``).
 """
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from .. import checks
 from ..backend import namespace
 from ..functional import activations as ref
 from ..functional.activations import GELU_C, GELU_K, GELUCache, ReLUCache
+from . import cuda
 from .runtime import has_out, rowwise, write
 
 relu_forward = ref.relu_forward  # one ufunc already: nothing to gain
@@ -30,6 +32,9 @@ def gelu_forward(x):
     xp = namespace(x)
     if not has_out(xp):
         return ref.gelu_forward(x)
+    if cuda.fused(x):
+        t, y = cuda.gelu_forward(x)
+        return y, GELUCache(x, t)
     t, y = xp.empty_like(x), xp.empty_like(x)
     rowwise(_gelu_forward_rows, x, t, y)
     return y, GELUCache(x, t)
@@ -41,6 +46,8 @@ def gelu_backward(dout, cache: GELUCache):
     xp = namespace(dout, x)
     if not has_out(xp):
         return ref.gelu_backward(dout, cache)
+    if cuda.fused(dout, x, t):
+        return cuda.gelu_backward(dout, x, t), {}
     dx = xp.empty_like(x)
     rowwise(_gelu_backward_rows, dout, x, t, dx)
     return dx, {}

@@ -4,7 +4,8 @@ The reference's one-line update makes about six parameter-sized temporaries per 
 step, and for full fine-tuning those cost more than the arithmetic. Here m, v and θ are updated
 in place through one reused work array ``w`` (it grows to the largest parameter and is kept by
 the optimizer), with the bias corrections folded into two scalars, and big parameters (fc1's W: 2.4M
-numbers at d768) get their rows split across cores.
+numbers at d768) get their rows split across cores. On CuPy, with ``minilora.fast.cuda.USE_FUSED``,
+the whole update is one fused kernel (``fast/cuda.py``) and needs no work array.
 """
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import math
 from functools import partial
 
 from ..backend import namespace
+from . import cuda
 from .runtime import rowwise, write
 
 
@@ -33,11 +35,14 @@ class AdamWWork:
 def adamw_update(p, g, m, v, lr: float, beta1: float, beta2: float, eps: float,
                  weight_decay: float, t: int, work: AdamWWork | None = None) -> None:
     """``functional.optim.adamw_update``, in place; ``work`` keeps the work array between calls."""
+    step = lr / (1.0 - beta1**t)  # lr / (1−β₁ᵗ)
+    rsqrt_c2 = 1.0 / math.sqrt(1.0 - beta2**t)  # 1 / √(1−β₂ᵗ)
+    if cuda.fused(p, g, m, v):
+        cuda.adamw_update(p, g, m, v, 1.0 - lr * weight_decay, beta1, beta2, eps, step, rsqrt_c2)
+        return
     if weight_decay:
         p *= 1.0 - lr * weight_decay
     w = (work or AdamWWork()).like(p)
-    step = lr / (1.0 - beta1**t)  # lr / (1−β₁ᵗ)
-    rsqrt_c2 = 1.0 / math.sqrt(1.0 - beta2**t)  # 1 / √(1−β₂ᵗ)
     rowwise(partial(_update_rows, beta1=beta1, beta2=beta2, eps=eps, step=step, rsqrt_c2=rsqrt_c2),
             p, g, m, v, w)
 

@@ -7,7 +7,9 @@ None of this is math; it is how the fast pairs in ``minilora/fast/`` make NumPy 
 - ``rowwise(fn, *arrays)``: an in-place, row-by-row function split into row blocks that run on
   ``THREADS`` threads (NumPy's ufuncs release the GIL);
 - ``batched_matmul(a, b)``: attention's stacks of small products split across cores, each core
-  running one-thread BLAS (threadpoolctl, a required dependency);
+  running one-thread BLAS (threadpoolctl, a required dependency; imported on first use, and
+  where it is missing — a bare CUDA machine with only NumPy and CuPy — BLAS keeps its own
+  thread count: ``blas_threads`` changes nothing and ``batched_matmul`` is a plain ``a @ b``);
 - fork safety: a forked child gets fresh locks, no pool and its BLAS thread count back.
 """
 from __future__ import annotations
@@ -18,7 +20,6 @@ import threading
 from concurrent.futures import ThreadPoolExecutor, wait
 
 import numpy as np
-from threadpoolctl import ThreadpoolController
 
 from ..backend import namespace
 
@@ -91,7 +92,7 @@ def _matmul_into(a, b, out):
     np.matmul(a, b, out=out)
 
 
-_blas_controller = None  # threadpoolctl's controller, found on first use
+_blas_controller = None  # threadpoolctl's controller, found on first use (False: not installed)
 # BLAS's thread count is process-wide, and a limit saves the count it finds on entry and puts
 # it back on exit. Two overlapping limits on two threads therefore break it: the second saves
 # the first's 1 and "restores" it last, leaving BLAS on one thread for good. (A shared count
@@ -113,20 +114,35 @@ def batched_matmul(a, b):
     (d256: 2.6 -> 0.9 ms per product; d768: 8.7 -> 3.8 ms). Anything else is a plain ``a @ b``.
     Safe from several threads at once: their split products take turns (see ``_blas_lock``).
     """
-    global _blas_controller, _blas_limiter
+    global _blas_limiter
     if (namespace(a, b) is not np or a.ndim < 3 or a.shape[:-2] != b.shape[:-2]
             or THREADS < 2 or a.shape[0] < 2 or a.size < ROWWISE_MIN_SIZE):
         return a @ b
-    if _blas_controller is None:
-        _blas_controller = ThreadpoolController()  # finds the BLAS libraries once
+    controller = _controller()
+    if controller is None:  # no threadpoolctl: one-thread BLAS per core is out of reach
+        return a @ b
     out = np.empty(a.shape[:-1] + b.shape[-1:], dtype=np.result_type(a, b))
-    with _blas_lock, _blas_controller.limit(limits=1, user_api="blas") as limiter:
+    with _blas_lock, controller.limit(limits=1, user_api="blas") as limiter:
         _blas_limiter = limiter
         try:
             rowwise(_matmul_into, a, b, out)  # returns only when every block is done
         finally:
             _blas_limiter = None
     return out  # the limit was lifted on the way out of the with, on this thread
+
+
+def _controller():
+    """threadpoolctl's controller (it finds the BLAS libraries once), or None where
+    threadpoolctl is not installed."""
+    global _blas_controller
+    if _blas_controller is None:
+        try:
+            from threadpoolctl import ThreadpoolController  # noqa: PLC0415
+        except ImportError:
+            _blas_controller = False
+        else:
+            _blas_controller = ThreadpoolController()
+    return _blas_controller or None
 
 
 def _reset_in_forked_child():
@@ -179,14 +195,13 @@ class blas_threads:
         self.n, self._limiter, self._outer = n, None, _NO_CHOICE
 
     def __enter__(self):
-        global _blas_controller, _blas_choice
+        global _blas_choice
         if threading.current_thread() is not threading.main_thread():
             return self
         self._outer, _blas_choice = _blas_choice, self
-        if self.n is not None:
-            if _blas_controller is None:
-                _blas_controller = ThreadpoolController()
-            self._limiter = _blas_controller.limit(limits=self.n, user_api="blas")
+        controller = _controller() if self.n is not None else None
+        if controller is not None:  # None: n is None, or no threadpoolctl to set the count with
+            self._limiter = controller.limit(limits=self.n, user_api="blas")
         return self
 
     def __exit__(self, *exc):
