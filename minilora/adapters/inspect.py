@@ -317,37 +317,35 @@ def _resolve(path: str, layers: dict, modules: dict):
                          suggestion=f"did you mean {close[0]!r}?" if close else None)
 
 
+def _rank_of(out, name, key, T, fixed, fixed_axis, path, d_out, d_in):
+    """The rank held by ``name`` (lora_A is (r, d_in): d_in on axis 1; lora_B is (d_out, r): d_out
+    on axis 0), or None when its shape fits neither orientation; a transposed or foreign shape
+    is appended to ``out`` as a Problem."""
+    want = "(r, d_in)" if name == "lora_A" else "(d_out, r)"
+    if T.shape[fixed_axis] == fixed:
+        return T.shape[1 - fixed_axis]
+    if T.shape[1 - fixed_axis] == fixed:
+        r = T.shape[fixed_axis]
+        expected = (r, d_in) if name == "lora_A" else (d_out, r)
+        linear = f"torch.nn.Linear({d_in}, r)" if name == "lora_A" else f"torch.nn.Linear(r, {d_out})"
+        out.append(Problem("transposed", f"key {key!r}: shape {tuple(T.shape)} is {'(d_in, r)' if name == 'lora_A' else '(r, d_out)'}; {name} is {want} = {expected} for layer {path!r} (W is ({d_out}, {d_in}))",
+                           key=key, layer=path, suggestion=f"store the transpose: PEFT's {name}.weight is {want}, "
+                           f"like {linear}.weight"))
+        return r
+    what = "d_in" if name == "lora_A" else "d_out"
+    out.append(Problem("shape", f"key {key!r}: shape {tuple(T.shape)} does not fit {what} = {fixed} of layer "
+                       f"{path!r} (W is ({d_out}, {d_in})): an adapter for another model size", key=key, layer=path))
+    return None
+
+
 def _shape_problems(row, key_A, key_B, A, B, d_out, d_in, r_cfg, cfg, path) -> list:
     """Orientation, size and rank of one layer's A (r, d_in) and B (d_out, r)."""
     out = []
-    rA = rB = None
     if A.ndim != 2 or B.ndim != 2:
         bad = key_A if A.ndim != 2 else key_B
         return [Problem("shape", f"key {bad!r}: {A.ndim if bad == key_A else B.ndim}-D, expected 2-D", key=bad, layer=path)]
-    if A.shape[1] == d_in:
-        rA = A.shape[0]
-    elif A.shape[0] == d_in:
-        rA = A.shape[1]
-        out.append(Problem("transposed", f"key {key_A!r}: shape {tuple(A.shape)} is (d_in, r); lora_A is "
-                           f"(r, d_in) = ({rA}, {d_in}) for layer {path!r} (W is ({d_out}, {d_in}))",
-                           key=key_A, layer=path, suggestion="store A.T: PEFT's lora_A.weight is (r, d_in), "
-                           "like torch.nn.Linear(d_in, r).weight"))
-    else:
-        out.append(Problem("shape", f"key {key_A!r}: shape {tuple(A.shape)} does not fit d_in = {d_in} of layer "
-                           f"{path!r} (W is ({d_out}, {d_in})): an adapter for another model size",
-                           key=key_A, layer=path))
-    if B.shape[0] == d_out:
-        rB = B.shape[1]
-    elif B.shape[1] == d_out:
-        rB = B.shape[0]
-        out.append(Problem("transposed", f"key {key_B!r}: shape {tuple(B.shape)} is (r, d_out); lora_B is "
-                           f"(d_out, r) = ({d_out}, {rB}) for layer {path!r} (W is ({d_out}, {d_in}))",
-                           key=key_B, layer=path, suggestion="store B.T: PEFT's lora_B.weight is (d_out, r), "
-                           "like torch.nn.Linear(r, d_out).weight"))
-    else:
-        out.append(Problem("shape", f"key {key_B!r}: shape {tuple(B.shape)} does not fit d_out = {d_out} of layer "
-                           f"{path!r} (W is ({d_out}, {d_in})): an adapter for another model size",
-                           key=key_B, layer=path))
+    rA = _rank_of(out, "lora_A", key_A, A, fixed=d_in, fixed_axis=1, path=path, d_out=d_out, d_in=d_in)
+    rB = _rank_of(out, "lora_B", key_B, B, fixed=d_out, fixed_axis=0, path=path, d_out=d_out, d_in=d_in)
     if rA is not None and rB is not None and rA != rB:
         out.append(Problem("rank", f"layer {path!r}: lora_A has rank {rA} but lora_B has rank {rB}", key=key_B, layer=path))
     elif rA is not None and r_cfg is not None and rA != r_cfg:
