@@ -6,7 +6,9 @@ per module, PyTorch's own operations where they exist (``nn.Linear``, ``nn.Layer
 attribute paths *are* minilora's module paths (``fc1``, ``wte``, ``blocks.0.attn.q``,
 ``blocks.0.mlp.fc2``, ``ln_f``, ``lm_head``), so PEFT's ``target_modules`` and the state-dict keys
 line up; only parameter names change (``W → weight``, ``b → bias``, ``gamma → weight``,
-``beta → bias``). LoRA on this side is real PEFT (``peft_twin``).
+``beta → bias``). LoRA on this side is real PEFT (``peft_twin``): plain LoRA, DoRA
+(``use_dora=True``, m copied into ``lora_magnitude_vector``) and LoRA on the token embedding
+(PEFT's ``lora.Embedding``, A and B in ``lora_embedding_A`` / ``lora_embedding_B``).
 
     torch_twin(model)   a PyTorch model computing what ``model`` computes without LoRA
     peft_twin(model)    get_peft_model on it, with minilora's A and B copied in
@@ -23,6 +25,8 @@ import torch.nn as nn
 from torch.nn import functional as F
 
 from . import backend
+from .nn.lora import adapter_layers
+from .nn.lora_embedding import LoRAEmbedding
 from .nn.mlp import MLP as MiniloraMLP
 from .nn.transformer import GPT as MiniloraGPT
 
@@ -155,17 +159,24 @@ def to_torch(a, dtype: str | None = None):
 _TORCH_PARAM = {"W": "weight", "b": "bias", "gamma": "weight", "beta": "bias"}
 
 
-def torch_name(name: str, peft: bool = False) -> str:
+def torch_name(name: str, peft: bool = False, embeddings=()) -> str:
     """minilora parameter name → the PyTorch/PEFT one.
 
     ``fc1.W`` → ``fc1.weight``;  ``fc1.base.W`` → ``fc1.base_layer.weight`` (PEFT) or
-    ``fc1.weight`` (plain twin);  ``fc1.lora.default.A`` → ``fc1.lora_A.default.weight``.
+    ``fc1.weight`` (plain twin);  ``fc1.lora.default.A`` → ``fc1.lora_A.default.weight``;
+    DoRA's ``fc1.lora.default.m`` → ``fc1.lora_magnitude_vector.default.weight``; on a path in
+    ``embeddings`` (LoRA token embeddings) ``wte.lora.default.A`` → ``wte.lora_embedding_A.default``.
     With ``peft=True`` the name gets PEFT's ``base_model.model.`` prefix.
     """
     parts = name.split(".")
-    if len(parts) >= 3 and parts[-3] == "lora" and parts[-1] in ("A", "B"):
+    if len(parts) >= 3 and parts[-3] == "lora" and parts[-1] in ("A", "B", "m"):
         path, adapter, which = parts[:-3], parts[-2], parts[-1]
-        out = [*path, f"lora_{which}", adapter, "weight"]
+        if ".".join(path) in embeddings:
+            out = [*path, f"lora_embedding_{which}", adapter]
+        elif which == "m":
+            out = [*path, "lora_magnitude_vector", adapter, "weight"]
+        else:
+            out = [*path, f"lora_{which}", adapter, "weight"]
     elif len(parts) >= 2 and parts[-2] == "base":
         out = [*parts[:-2], *(["base_layer"] if peft else []), _TORCH_PARAM[parts[-1]]]
     else:
@@ -179,7 +190,7 @@ def torch_twin(model, dtype: str = "float64"):
     Attribute names equal minilora's module paths; LoRA layers contribute their frozen base.
     Supports ``MLP`` and ``GPT``. Raises ``ValueError`` if an adapter is merged into W.
     """
-    for path, layer in model.lora_layers().items():
+    for path, layer in adapter_layers(model).items():
         if layer.merged is not None:
             raise ValueError(f"torch_twin: {path} has adapter {layer.merged!r} merged; unmerge() first")
     if isinstance(model, MiniloraMLP):
@@ -203,10 +214,12 @@ def torch_twin(model, dtype: str = "float64"):
 def lora_config(model):
     """PEFT ``LoraConfig`` equivalent to ``model``'s active LoRA layers, and the adapter name.
 
-    Every targeted path is listed exactly; per-layer r and alpha go in ``rank_pattern`` /
-    ``alpha_pattern`` (anchored regexes), so mixed ranks round-trip too.
+    Every targeted path is listed exactly (LoRA token embeddings too); per-layer r and alpha go in
+    ``rank_pattern`` / ``alpha_pattern`` (anchored regexes), so mixed ranks round-trip too. DoRA
+    sets ``use_dora=True``; PEFT has one such switch, so DoRA and plain LoRA layers, or DoRA and an
+    embedding (minilora runs DoRA on linear layers only), cannot be mixed.
     """
-    layers = {p: m for p, m in model.lora_layers().items() if m.active is not None}
+    layers = {p: m for p, m in adapter_layers(model).items() if m.active is not None}
     if not layers:
         raise ValueError("lora_config: the model has no active LoRA layer")
     names = {m.active for m in layers.values()}
@@ -217,6 +230,11 @@ def lora_config(model):
     first = next(iter(ads.values()))
     if len({a.rslora for a in ads.values()}) != 1:
         raise ValueError("lora_config: rsLoRA must be on or off for every layer")
+    dora = {p: getattr(a, "dora", False) for p, a in ads.items()}  # an embedding adapter has no DoRA
+    if len(set(dora.values())) != 1:
+        plain = [p for p, d in dora.items() if not d]
+        raise ValueError(f"lora_config: adapter {adapter!r} is DoRA on {[p for p, d in dora.items() if d]} but plain "
+                         f"LoRA on {plain}; PEFT's use_dora is one switch for every target")
     config = peft.LoraConfig(
         r=first.r,
         lora_alpha=first.alpha,
@@ -226,30 +244,70 @@ def lora_config(model):
         alpha_pattern={f"^{p}$": a.alpha for p, a in ads.items() if a.alpha != first.alpha},
         lora_dropout=0.0,  # replaced by MaskReplay: minilora draws the masks
         bias="none",
+        use_dora=next(iter(dora.values())),
     )
     return config, adapter
 
 
+class ExactDora(peft.tuners.lora.dora.DoraLinearLayer):
+    """PEFT's DoRA term with the row norm ‖W + scale · B A‖ kept in the graph.
+
+    PEFT detaches the norm (the DoRA paper's §4.3), which is minilora's ``dora_exact=False``;
+    minilora's default differentiates through it. This is PEFT's ``DoraLinearLayer.forward``
+    with its two ``.detach()`` calls left out, so autograd gives the exact gradients.
+    """
+
+    def forward(self, x, *, lora_A, lora_B, scaling, base_layer, base_result=None, adapter_name="default"):
+        lora_weight = self.get_lora_weight(lora_A=lora_A, lora_B=lora_B).to(x.dtype)  # B A (d_out, d_in)
+        weight = base_layer.weight.to(x.dtype)  # W (d_out, d_in)
+        weight_norm = self.get_weight_norm(weight, lora_weight, scaling)  # ‖W + scale · B A‖ (d_out,)
+        mag_norm_scale = (self.weight / weight_norm).view(1, -1)  # m / n (1, d_out)
+        lora_result = lora_B(lora_A(x))  # (..., d_out)
+        if base_result is not None:  # x W ᵀ without the bias
+            if base_layer.bias is not None:
+                base_result = base_result - base_layer.bias
+        else:
+            base_result = F.linear(x, weight)
+        return (mag_norm_scale - 1) * base_result + mag_norm_scale * lora_result * scaling
+
+
 def peft_twin(model, dtype: str = "float64"):
-    """``get_peft_model`` on ``torch_twin(model)`` with minilora's A and B copied in and each
-    ``lora_dropout`` replaced by a ``MaskReplay``. Returns ``(peft_model, adapter_name)``."""
+    """``get_peft_model`` on ``torch_twin(model)`` with minilora's A and B (and DoRA's m) copied in
+    and each linear layer's ``lora_dropout`` replaced by a ``MaskReplay`` (PEFT's embedding path
+    has no dropout). A DoRA adapter with ``dora_exact=True`` gets an ``ExactDora`` term, so the
+    gradients are the exact ones minilora computes. Returns ``(peft_model, adapter_name)``."""
     config, adapter = lora_config(model)
     pm = peft.get_peft_model(torch_twin(model, dtype), config, adapter_name=adapter)
+    embeddings = embedding_layers(model)
     params = dict(pm.named_parameters())
     with torch.no_grad():
-        for path, layer in model.lora_layers().items():
+        for path, layer in adapter_layers(model).items():
+            if layer.active != adapter:
+                continue
             ad = layer.adapters[adapter]
-            for k in ("A", "B"):
-                name = torch_name(f"{path}.lora.{adapter}.{k}", peft=True)
+            twin_layer = pm.base_model.model.get_submodule(path)
+            if getattr(ad, "dora", False) and ad.dora_exact:
+                twin_layer.lora_magnitude_vector[adapter] = ExactDora(fan_in_fan_out=False)
+                twin_layer.lora_magnitude_vector[adapter].weight = nn.Parameter(to_torch(ad.params["m"], dtype))
+                params = dict(pm.named_parameters())
+            for k in ad.params:  # A, B, and m for DoRA
+                name = torch_name(f"{path}.lora.{adapter}.{k}", peft=True, embeddings=embeddings)
                 params[name].copy_(to_torch(ad.params[k], dtype))
-            pm.base_model.model.get_submodule(path).lora_dropout[adapter] = MaskReplay()
+            if path not in embeddings:
+                twin_layer.lora_dropout[adapter] = MaskReplay()
     return pm, adapter
 
 
+def embedding_layers(model) -> set:
+    """Paths of ``model``'s LoRA token embeddings (``torch_name``'s ``embeddings``)."""
+    return {p for p, m in adapter_layers(model).items() if isinstance(m, LoRAEmbedding)}
+
+
 def replay_masks(model, pm, adapter) -> None:
-    """Copy the dropout mask each minilora LoRA layer used in its last forward into PEFT."""
+    """Copy the dropout mask each minilora LoRA layer used in its last forward into PEFT (a DoRA
+    layer's too: PEFT's DoRA term reads the same x̃ = x ⊙ mask)."""
     for path, layer in model.lora_layers().items():
         kind, cache = getattr(layer, "cache", ("base", None))
-        mask = cache.mask if kind == "lora" and cache.mask is not None else None
+        mask = cache.mask if kind in ("lora", "dora") and cache.mask is not None else None
         replay = pm.base_model.model.get_submodule(path).lora_dropout[adapter]
         replay.mask = None if mask is None else to_torch(mask)

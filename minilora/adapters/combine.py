@@ -12,7 +12,8 @@ import math
 from .. import backend
 from ..checks import check_lora
 from ..functional.lora import lora_delta
-from ..nn.lora import layers_with, lora_layers
+from ..nn.lora import adapter_layers, layers_with, lora_layers
+from ..nn.lora_embedding import LoRAEmbedding
 from .named import _install, _Plan, set_active
 
 
@@ -84,6 +85,8 @@ def combine_adapters(model, adapters, name: str, how: str = "concat", rank: int 
                       adapters share A on a layer (for example trained from one seed with A
                       frozen); otherwise the cross terms B_i A_j remain: a heuristic mix.
     Returns ``{"layers": {path: {...}}}`` (for svd: rank kept, discarded energy, relative, error).
+    Refused, model unchanged: a DoRA adapter (W′ = m ⊙ V / ‖V‖ is not W + ΔW, so Σ w_i ΔW_i
+    means nothing for it) and an adapter on a token embedding (only linear layers are combined).
     """
     w = _weights(adapters)
     if not w:
@@ -91,6 +94,16 @@ def combine_adapters(model, adapters, name: str, how: str = "concat", rank: int 
     if how not in ("concat", "svd", "linear"):
         raise ValueError(f"combine_adapters: how must be 'concat', 'svd' or 'linear', got {how!r}")
     per = {a: layers_with(model, a) for a in w}
+    for a in w:
+        for p, m in per[a].items():
+            if m.adapters[a].dora:
+                raise ValueError(f"{p}: adapter {a!r} is DoRA: its layer is W′ = m ⊙ V / ‖V‖ with its own "
+                                 "magnitude m, not W + ΔW, so a weighted sum of ΔW_i would drop m; "
+                                 "combine_adapters takes plain LoRA adapters only")
+        for p, m in adapter_layers(model).items():
+            if isinstance(m, LoRAEmbedding) and a in m.adapters:
+                raise ValueError(f"{p}: adapter {a!r} is also on this token embedding; combine_adapters "
+                                 "combines linear layers only and would drop it")
     layers = lora_layers(model)
     if any(name in m.adapters for m in layers.values()):
         raise ValueError(f"adapter {name!r} already exists")

@@ -6,6 +6,10 @@ model (``fc1``, ``blocks.0.attn.q``), so minilora's ``<path>.lora.<name>.A`` (r,
 ``base_model.model.<path>.lora_B.weight`` — same orientation, no transpose (docs/adapters.md).
 A DoRA adapter adds its magnitude ``.m`` (d_out,) as ``base_model.model.<path>.lora_magnitude_vector``
 (PEFT's key, no ``.weight``) and ``use_dora: true`` in the config (docs/dora.md).
+A token embedding with LoRA (``LoRAEmbedding``, E (V, C)) is saved in the same file as PEFT saves
+its ``lora.Embedding``: ``base_model.model.<path>.lora_embedding_A`` (r, V) and
+``base_model.model.<path>.lora_embedding_B`` (C, r), no ``.weight``, its path in ``target_modules``
+(docs/lora_family.md). It is validated as a linear layer with d_in = V, d_out = C.
 This file builds and parses the config, saves a pair atomically, and reads and validates one
 against a model before ``load_adapter`` changes anything.
 """
@@ -24,19 +28,25 @@ from .. import backend
 from .. import safetensors as st
 from ..checks import check_adapter_options, check_lora
 from ..functional.lora import lora_delta
-from ..nn.lora import LoRALinear, layers_with, linear_paths, lora_layers
+from ..nn.lora import LoRALinear, adapter_layers, linear_paths, lora_layers
+from ..nn.lora_embedding import (LoRAEmbedding, embedding_paths, tied_embedding_paths,
+                                 wrap_with_lora_embedding)
 from .errors import AdapterError
 from .fingerprint import _check_fingerprint, _sketch, base_fingerprint
-from .named import _install, _Plan, list_adapters, set_active
+from .named import _install, _Plan, set_active
 
 WEIGHTS_NAME = "adapter_model.safetensors"
 CONFIG_NAME = "adapter_config.json"
 PREFIX = "base_model.model."
 # base_model.model.<path>.lora_A.weight, tolerating PEFT's in-memory form lora_A.<adapter>.weight;
-# DoRA's magnitude base_model.model.<path>.lora_magnitude_vector (in memory: ....<adapter>.weight)
+# DoRA's magnitude base_model.model.<path>.lora_magnitude_vector (in memory: ....<adapter>.weight);
+# an embedding's base_model.model.<path>.lora_embedding_A (in memory: ....lora_embedding_A.<adapter>)
 KEY_RE = re.compile(r"base_model\.model\.(?P<path>.+?)\.(?:lora_(?P<AB>[AB])(?:\.(?P<name>[^.]+))?\.weight"
-                    r"|lora_magnitude_vector(?:\.(?P<mname>[^.]+)\.weight)?)")
+                    r"|lora_magnitude_vector(?:\.(?P<mname>[^.]+)\.weight)?"
+                    r"|lora_embedding_(?P<EAB>[AB])(?:\.(?P<ename>[^.]+))?)")
 MAGNITUDE = "lora_magnitude_vector"
+EMBEDDING_KEY = "lora_embedding_"  # + "A" (r, V) or "B" (C, r)
+EMBEDDING_INIT = {"gaussian": "gaussian", "kaiming_uniform": "peft"}  # the config's init -> LoRAEmbedding's
 INIT_TO_PEFT = {"gaussian": "gaussian", "kaiming_uniform": True, "pissa": "pissa", "olora": "olora"}
 FLOAT_TAGS = {"F16": "float16", "F32": "float32", "F64": "float64", "BF16": "float32"}
 
@@ -91,22 +101,53 @@ def _number(x):
     return int(x) if float(x).is_integer() else float(x)
 
 
+def _carriers(model, name: str) -> dict:
+    """``{path: LoRALinear | LoRAEmbedding}`` of the layers carrying adapter ``name``, model order
+    (``KeyError`` if none do)."""
+    every = adapter_layers(model)
+    layers = {p: m for p, m in every.items() if name in m.adapters}
+    if not layers:
+        names = sorted({n for m in every.values() for n in m.adapters})
+        raise KeyError(f"{type(model).__name__}: no adapter {name!r}; adapters: {names}")
+    return layers
+
+
+def _target_paths(model) -> list:
+    """Paths of every layer an adapter file may name, model order: linears and token embeddings."""
+    linear, emb = set(linear_paths(model)), set(embedding_paths(model))
+    return [p for p, _ in model.named_modules() if p in linear or p in emb]
+
+
 def _build_config(model, name, base_model_name_or_path, task_type, convert_to_lora=False) -> dict:
-    ads = [m.adapters[name] for m in layers_with(model, name).values()]  # KeyError if none
-    info = list_adapters(model)[name]
-    for field in ("rslora", "dropout", "dora", "init"):
-        if len({getattr(a, field) for a in ads}) > 1:
+    layers = _carriers(model, name)  # KeyError if none
+    linear = [m.adapters[name] for m in layers.values() if isinstance(m, LoRALinear)]
+    embedded = [p for p, m in layers.items() if isinstance(m, LoRAEmbedding)]
+    ads = [m.adapters[name] for m in layers.values()]
+    for field in ("dropout", "dora", "init"):  # the linear layers' own settings
+        if len({getattr(a, field) for a in linear}) > 1:
             raise AdapterError(f"adapter {name!r}: layers disagree on {field}; PEFT stores one value")
-    ranks, alphas, init = dict(info.r), dict(info.alpha), INIT_TO_PEFT.get(info.init, True)
+    if len({a.rslora for a in ads}) > 1:
+        raise AdapterError(f"adapter {name!r}: layers disagree on rslora; PEFT stores one value")
+    first = linear[0] if linear else None
+    dora = bool(first and first.dora)
+    if dora and embedded:
+        raise AdapterError(f"{embedded[0]}: adapter {name!r} is DoRA on its linear layers and plain LoRA on this "
+                           "token embedding; PEFT's one use_dora would load the embedding as DoRA too")
+    if first is not None:
+        init = INIT_TO_PEFT.get(first.init, True)
+    else:  # an embedding-only adapter: PEFT's True is its A = 0, B ~ N(0, 1)
+        init = "gaussian" if ads[0].init == "gaussian" else True
+    ranks = {p: m.adapters[name].r for p, m in layers.items()}
+    alphas = {p: m.adapters[name].alpha for p, m in layers.items()}
     if convert_to_lora:  # [B, −B₀]·[A; A₀]: twice the rank, alpha such that the scale stays (PEFT's rule)
-        grow = 2 ** 0.5 if info.rslora else 2
-        ranks = {p: 2 * v for p, v in ranks.items()}
-        alphas = {p: grow * v for p, v in alphas.items()}
+        grow = 2 ** 0.5 if ads[0].rslora else 2
+        ranks = {p: 2 * v if p not in embedded else v for p, v in ranks.items()}
+        alphas = {p: grow * v if p not in embedded else v for p, v in alphas.items()}
         init = True
     r = Counter(ranks.values()).most_common(1)[0][0]
     alpha = Counter(alphas.values()).most_common(1)[0][0]
-    available = linear_paths(model)
-    chosen = list(info.targets)
+    available = _target_paths(model)
+    chosen = list(layers)
     return {
         "alpha_pattern": {_pattern_key(p, available): _number(a) for p, a in alphas.items() if a != alpha},
         "auto_mapping": None,
@@ -121,7 +162,7 @@ def _build_config(model, name, base_model_name_or_path, task_type, convert_to_lo
         "layers_to_transform": None,
         "loftq_config": {},
         "lora_alpha": _number(alpha),
-        "lora_dropout": info.dropout,
+        "lora_dropout": first.dropout if first else 0.0,
         "megatron_config": None,
         "megatron_core": "megatron.core",
         "modules_to_save": None,
@@ -131,8 +172,8 @@ def _build_config(model, name, base_model_name_or_path, task_type, convert_to_lo
         "revision": None,
         "target_modules": _target_modules(chosen, available),
         "task_type": task_type,
-        "use_dora": info.dora,
-        "use_rslora": info.rslora,
+        "use_dora": dora,
+        "use_rslora": ads[0].rslora,
     }
 
 
@@ -238,15 +279,20 @@ def _parse_config(cfg, where: str) -> dict:
 
 def adapter_tensors(model, adapter: str = "default", convert_to_lora: bool = False) -> dict:
     """``{PEFT key: NumPy array}`` of one adapter: A and B exactly as stored (no transpose, no copy
-    of the math, only a move to the host), and DoRA's magnitude m.
+    of the math, only a move to the host), DoRA's magnitude m, and a token embedding's A (r, V)
+    and B (C, r) under PEFT's ``lora_embedding_A`` / ``lora_embedding_B``.
 
     ``convert_to_lora``: an adapter initialised from W (PiSSA, OLoRA) trained against the residual
     base W_res = W − s B₀ A₀; on the original W its update is ΔW = s B A − s B₀ A₀ =
     s [B, −B₀] [A; A₀], a plain LoRA adapter of rank 2r (PEFT's ``convert_pissa_to_lora``)."""
     out = {}
-    for path, m in layers_with(model, adapter).items():
+    for path, m in _carriers(model, adapter).items():
         ad = m.adapters[adapter]
         A, B = backend.to_numpy(ad.params["A"]), backend.to_numpy(ad.params["B"])
+        if isinstance(m, LoRAEmbedding):  # E is never rewritten: nothing to convert
+            out[f"{PREFIX}{path}.{EMBEDDING_KEY}A"] = A  # (r, V)
+            out[f"{PREFIX}{path}.{EMBEDDING_KEY}B"] = B  # (C, r)
+            continue
         if convert_to_lora:
             if ad.initial is None:
                 raise AdapterError(f"{path}: adapter {adapter!r} has init {ad.init!r}, which left the base as it "
@@ -267,7 +313,7 @@ def adapter_tensors(model, adapter: str = "default", convert_to_lora: bool = Fal
 def _original_base(model, adapter):
     """Inside the block every layer carrying ``adapter`` holds W_res + s B₀ A₀, its W before a
     PiSSA/OLoRA init (to rounding): the base a converted adapter belongs to. Restored on exit."""
-    layers = layers_with(model, adapter)
+    layers = {p: m for p, m in _carriers(model, adapter).items() if isinstance(m, LoRALinear)}
     saved = {p: m.base.params["W"] for p, m in layers.items()}
     try:
         for m in layers.values():
@@ -305,7 +351,7 @@ def save_adapter(model, directory, adapter: str = "default", base_model_name_or_
                            "fingerprint is taken from the unmerged W)")
     with _original_base(model, adapter) if convert_to_lora else contextlib.nullcontext(model):
         fingerprint, sketch = base_fingerprint(model), json.dumps(_sketch(model), separators=(",", ":"))
-    ads = [m.adapters[adapter] for m in layers_with(model, adapter).values()]
+    ads = [m.adapters[adapter] for m in _carriers(model, adapter).values() if isinstance(m, LoRALinear)]
     metadata = {
         "format": "pt",
         "minilora.adapter": adapter,
@@ -368,23 +414,30 @@ def read_adapter(model, directory, adapter_name="default", check_fingerprint=Tru
             f"different {CONFIG_NAME} (interrupted save, or the config was edited)"
         )
 
-    # --- keys -> (path, A/B)
+    # --- keys -> (path, A/B/m); an embedding's lora_embedding_A/B are its (path, A/B)
     available = linear_paths(model)
+    embeddings = embedding_paths(model)
     model_layers = dict(model.named_modules())
     found = {}
     for key in tensors:
         m = KEY_RE.fullmatch(key)
         if m is None:
             raise AdapterError(f"{wfile}: key {key!r}: unexpected key (expected {PREFIX}<path>.lora_A.weight "
-                               "or .lora_B.weight)")
-        path, which = m["path"], m["AB"] or "m"
+                               f"or .lora_B.weight, or an embedding's .{EMBEDDING_KEY}A / .{EMBEDDING_KEY}B)")
+        path, which = m["path"], m["AB"] or m["EAB"] or "m"
         if which == "m" and not cfg["dora"]:
             raise AdapterError(f"{wfile}: key {key!r}: unexpected key — a DoRA magnitude, but {cfile} has "
                                "use_dora false")
         if (path, which) in found:
             raise AdapterError(f"{wfile}: key {key!r}: duplicates {found[(path, which)]!r}")
-        if path not in available:
-            raise AdapterError(f"{wfile}: key {key!r}: unexpected key — the model has no linear layer {path!r}")
+        if m["EAB"] is not None and path not in embeddings:
+            raise AdapterError(f"{wfile}: key {key!r}: unexpected key — an embedding's key, but the model has no "
+                               f"token embedding {path!r}" + (" (it is a linear layer: lora_A.weight, "
+                                                              "lora_B.weight)" if path in available else ""))
+        if m["EAB"] is None and path not in available:
+            raise AdapterError(f"{wfile}: key {key!r}: unexpected key — the model has no linear layer {path!r}"
+                               + (f" ({path!r} is a token embedding: its keys are {EMBEDDING_KEY}A, "
+                                  f"{EMBEDDING_KEY}B)" if path in embeddings else ""))
         if not _is_target(path, cfg["targets"], cfg["exclude"]):
             raise AdapterError(f"{wfile}: key {key!r}: unexpected key — layer {path!r} is not in "
                                f"target_modules {cfg['targets']!r} of {cfile}")
@@ -393,12 +446,28 @@ def read_adapter(model, directory, adapter_name="default", check_fingerprint=Tru
     targeted = [p for p in available if _is_target(p, cfg["targets"], cfg["exclude"])]
     if cfg["targets"] == "all-linear":
         targeted = [p for p in available if (p, "A") in found or (p, "B") in found]
+    if cfg["targets"] != "all-linear":  # PEFT's all-linear leaves embeddings out
+        targeted += [p for p in embeddings if _is_target(p, cfg["targets"], cfg["exclude"])]
+        targeted = [p for p in model_layers if p in targeted]  # model order
     if not targeted:
         raise AdapterError(f"{cfile}: key 'target_modules': {cfg['targets']!r} matches no layer of this model")
+    tied = tied_embedding_paths(model)
     for p in targeted:
+        if p in embeddings and p in tied:
+            raise AdapterError(f"{cfile}: key 'target_modules': token embedding {p!r} is tied to the LM head; "
+                               "minilora refuses LoRA on a tied embedding (the head would keep the base table "
+                               "unmerged and change when merged); untie the head first")
+        if p in embeddings and cfg["dora"]:
+            raise AdapterError(f"{cfile}: key 'use_dora': layer {p!r} is a token embedding; minilora runs DoRA "
+                               "on linear layers only")
         for which in "ABm" if cfg["dora"] else "AB":
             if (p, which) not in found:
-                key = f"{PREFIX}{p}.{MAGNITUDE}" if which == "m" else f"{PREFIX}{p}.lora_{which}.weight"
+                if which == "m":
+                    key = f"{PREFIX}{p}.{MAGNITUDE}"
+                elif p in embeddings:
+                    key = f"{PREFIX}{p}.{EMBEDDING_KEY}{which}"
+                else:
+                    key = f"{PREFIX}{p}.lora_{which}.weight"
                 raise AdapterError(f"{wfile}: missing key {key} (layer {p!r} is targeted by {cfile}"
                                    f"{' with use_dora true' if which == 'm' else ''})")
 
@@ -406,8 +475,12 @@ def read_adapter(model, directory, adapter_name="default", check_fingerprint=Tru
     plans = []
     for p in targeted:
         layer = model_layers[p]
-        base = layer.base if isinstance(layer, LoRALinear) else layer
-        if "W" in base.params:
+        base = layer.base if isinstance(layer, (LoRALinear, LoRAEmbedding)) else layer
+        d_names = ("V", "C") if p in embeddings else ("d_in", "d_out")
+        if p in embeddings:  # a lookup is a linear layer on one-hot ids: d_in = V, d_out = C
+            d_in, d_out = (int(s) for s in base.params["W"].shape)  # E (V, C)
+            want_dtype = backend.dtype_name(base.params["W"])
+        elif "W" in base.params:
             W = base.params["W"]
             d_out, d_in = (int(s) for s in W.shape)
             want_dtype = backend.dtype_name(W)
@@ -430,9 +503,9 @@ def read_adapter(model, directory, adapter_name="default", check_fingerprint=Tru
         if mag is not None and tuple(mag.shape) != (d_out,):
             raise AdapterError(f"{wfile}: key {km!r}: wrong shape {mag.shape}, expected (d_out,) = ({d_out},)")
         if A.shape[1] != d_in:
-            raise AdapterError(f"{wfile}: key {kA!r}: wrong shape {A.shape}, expected (r, d_in) = (r, {d_in})")
+            raise AdapterError(f"{wfile}: key {kA!r}: wrong shape {A.shape}, expected (r, {d_names[0]}) = (r, {d_in})")
         if B.shape[0] != d_out:
-            raise AdapterError(f"{wfile}: key {kB!r}: wrong shape {B.shape}, expected (d_out, r) = ({d_out}, r)")
+            raise AdapterError(f"{wfile}: key {kB!r}: wrong shape {B.shape}, expected ({d_names[1]}, r) = ({d_out}, r)")
         if A.shape[0] != B.shape[1]:
             raise AdapterError(f"{wfile}: key {kB!r}: wrong shape {B.shape}: rank {B.shape[1]} differs from "
                                f"{kA!r} rank {A.shape[0]}")
@@ -457,10 +530,10 @@ def read_adapter(model, directory, adapter_name="default", check_fingerprint=Tru
         raise AdapterError(str(e)) from None
     for p in targeted:
         layer = model_layers[p]
-        if isinstance(layer, LoRALinear) and adapter_name in layer.adapters:
+        if isinstance(layer, (LoRALinear, LoRAEmbedding)) and adapter_name in layer.adapters:
             raise AdapterError(f"{p}: adapter {adapter_name!r} already exists; delete_adapter() or pick another name")
     if activate:
-        for p, m in lora_layers(model).items():
+        for p, m in adapter_layers(model).items():
             if m.merged is not None:
                 raise AdapterError(f"{p}: adapter {m.merged!r} is merged into W; unmerge before activating "
                                    f"{adapter_name!r}")
@@ -481,8 +554,24 @@ def load_adapter(model, directory, adapter_name: str = "default", activate: bool
     Returns ``{"layers": [...], "fingerprint": "exact" | "rounding" | "absent" | "skipped"}``.
     """
     plans, cfg, how = read_adapter(model, directory, adapter_name, check_fingerprint, activate)
-    _install(model, adapter_name, plans, cfg["rslora"], cfg["dropout"], cfg["init"], trainable,
-             dora=cfg["dora"], dora_exact=cfg["dora_exact"])
+    embeddings = set(embedding_paths(model))
+    _install(model, adapter_name, [p for p in plans if p.path not in embeddings], cfg["rslora"], cfg["dropout"],
+             cfg["init"], trainable, dora=cfg["dora"], dora_exact=cfg["dora_exact"])
+    _install_embeddings(model, adapter_name, [p for p in plans if p.path in embeddings], cfg["rslora"],
+                        EMBEDDING_INIT[cfg["init"]], trainable)
     if activate:
         set_active(model, adapter_name)
     return {"layers": [p.path for p in plans], "fingerprint": how}
+
+
+def _install_embeddings(model, name, plans, rslora, init, trainable):
+    """Add adapter ``name`` to each planned token embedding from its checked A (r, V), B (C, r)."""
+    for plan in plans:
+        layer = wrap_with_lora_embedding(model, plan.path)
+        ad = layer.add_adapter(name, plan.r, plan.alpha, rslora, init, seed=0)
+        xp = backend.namespace(ad.params["A"])  # the adapter lives where its table does
+        ad.params["A"], ad.params["B"] = backend.move(plan.A, xp), backend.move(plan.B, xp)
+        if not trainable:
+            ad.freeze()
+    model.set_paths()
+    return model

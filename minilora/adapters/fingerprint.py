@@ -11,7 +11,8 @@ import hashlib
 import json
 
 from .. import backend
-from ..nn.lora import LoRAAdapter, LoRALinear, lora_layers
+from ..nn.lora import LoRAAdapter, LoRALinear, adapter_layers
+from ..nn.lora_embedding import LoRAEmbedding, LoRAEmbeddingAdapter
 from ..nn.quantized import QuantLinear
 from .errors import AdapterError
 
@@ -23,23 +24,24 @@ EPS = {  # machine epsilon per dtype: the sketch tolerance is 64 · eps · ‖W�
 def _base_arrays(model) -> dict:
     """``{canonical name: array}`` of every non-LoRA parameter, with merged adapters taken out.
 
-    Canonical names drop the LoRA wrapper (``fc1.base.W`` → ``fc1.W``), so a wrapped and an
-    unwrapped copy of one base agree. A merged layer contributes W − ΔW, computed as ``unmerge``
-    would. A 4-bit ``QuantLinear`` holds no parameters; its packed weight contributes its three
+    Canonical names drop the LoRA wrapper (``fc1.base.W`` → ``fc1.W``, ``wte.base.W`` → ``wte.W``
+    for a LoRA embedding), so a wrapped and an unwrapped copy of one base agree. A merged layer
+    contributes the W its ``unmerge`` would restore (``unmerged_weight``: W − ΔW, for DoRA
+    W′ ⊙ n / m − ΔW, for an embedding E − ΔE). A 4-bit ``QuantLinear`` holds no parameters; its packed weight contributes its three
     arrays as ``{path}.W.q4_1.d``, ``.m`` and ``.nibbles`` (the file's bytes), so two 4-bit bases
     are compared by their codes. A float W and a 4-bit one have different names: they never match.
     """
-    lora = lora_layers(model)
+    lora = adapter_layers(model)
     out = {}
     for path, m in model.named_modules():
-        if isinstance(m, LoRAAdapter) or isinstance(m, LoRALinear):
+        if isinstance(m, (LoRAAdapter, LoRALinear, LoRAEmbeddingAdapter, LoRAEmbedding)):
             continue
         parent, _, last = path.rpartition(".")
         owner = lora.get(parent) if last == "base" else None
         canon = parent if owner is not None else path
         for k, v in m.params.items():
-            if owner is not None and k == "W" and owner.merged is not None:
-                v = v - owner.adapters[owner.merged].delta()
+            if owner is not None and k == "W":
+                v = owner.unmerged_weight()
             out[f"{canon}.{k}" if canon else k] = v
         if isinstance(m, QuantLinear):
             w = m.weight

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from .. import backend
 from ..functional.dora import dora_weight
 from ..functional.lora import lora_delta
-from ..nn.lora import add_lora, layers_with, lora_layers, wrap_with_lora
+from ..nn.lora import adapter_layers, add_lora, layers_with, lora_layers, wrap_with_lora
 
 
 @dataclass(frozen=True)
@@ -69,26 +69,28 @@ def add_adapter(model, name: str, targets=None, r=8, alpha=16, rslora=False, dro
 
 
 def active_adapters(model) -> dict:
-    """``{path: active adapter name or None}`` for every LoRA layer: the state to restore later."""
-    return {p: m.active for p, m in lora_layers(model).items()}
+    """``{path: active adapter name or None}`` for every LoRA layer (token embeddings included):
+    the state to restore later."""
+    return {p: m.active for p, m in adapter_layers(model).items()}
 
 
 def set_active(model, name: str | None):
     """Activate ``name`` on every layer carrying it; every other LoRA layer runs its base alone.
 
     ``None`` disables all adapters. Refused (model unchanged) if a layer has a different adapter
-    merged into W, or no layer carries ``name``.
+    merged into W, or no layer carries ``name``. LoRA token embeddings switch with the linears.
     """
-    layers = lora_layers(model)
-    if name is not None:
-        layers_with(model, name)
+    layers = adapter_layers(model)
+    if name is not None and not any(name in m.adapters for m in layers.values()):
+        names = sorted({n for m in layers.values() for n in m.adapters})
+        raise KeyError(f"{type(model).__name__}: no adapter {name!r}; adapters: {names}")
     state = {p: (name if name in m.adapters else None) for p, m in layers.items()}
     return restore_active(model, state)
 
 
 def restore_active(model, state: dict):
     """Set each layer's active adapter from ``state`` (as returned by ``active_adapters``)."""
-    layers = lora_layers(model)
+    layers = adapter_layers(model)
     for p, want in state.items():  # check every layer before changing any
         m = layers.get(p)
         if m is None:

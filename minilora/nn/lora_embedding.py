@@ -124,11 +124,17 @@ class LoRAEmbedding(Module):
         return self.adapters[name].delta()
 
     # ------------------------------------------------------------------ merge
+    # The same four doors as ``LoRALinear``, so ``nn.lora.merge`` checks every layer of either kind
+    # with ``merged_weight`` before it changes any with ``set_merged``.
     def merge(self, adapter: str | None = None) -> None:
         """E ← E + scale · (B A)ᵀ for the active adapter (or ``adapter``); refuses a non-finite E."""
         name = adapter if adapter is not None else self.active
         if name is None or self.merged == name:
             return
+        self.set_merged(name, self.merged_weight(name))
+
+    def merged_weight(self, name: str):
+        """E + scale · (B A)ᵀ (V, C) for adapter ``name``, checked finite; changes nothing."""
         if self.merged is not None:
             raise ValueError(f"{self.label}: adapter {self.merged!r} is already merged; unmerge() first")
         self._require(name)
@@ -136,6 +142,10 @@ class LoRAEmbedding(Module):
         if not backend.is_finite(E_new):
             raise FloatingPointError(f"{self.label}: merging adapter {name!r} gives a non-finite table; "
                                      "model left unchanged")
+        return E_new
+
+    def set_merged(self, name: str, E_new) -> None:
+        """Install ``E_new`` from ``merged_weight(name)`` as E; ``name`` becomes merged and active."""
         self.base.params["W"] = E_new
         self.merged, self.active = name, name
         self.clear_cache()
@@ -144,9 +154,14 @@ class LoRAEmbedding(Module):
         """E ← E − scale · (B A)ᵀ, the base table again up to rounding."""
         if self.merged is None:
             return
-        self.base.params["W"] = self.base.params["W"] - self.adapters[self.merged].delta()
+        self.base.params["W"] = self.unmerged_weight()
         self.merged = None
         self.clear_cache()
+
+    def unmerged_weight(self):
+        """The table ``unmerge`` would restore, E − scale · (B A)ᵀ (E itself when nothing is merged)."""
+        E = self.base.params["W"]
+        return E if self.merged is None else E - self.adapters[self.merged].delta()
 
     # ------------------------------------------------------------------ forward / backward
     def forward(self, ids):
@@ -207,6 +222,19 @@ def tied_embedding_paths(model) -> set:
     return tied
 
 
+def wrap_with_lora_embedding(model, path: str) -> LoRAEmbedding:
+    """Replace the ``Embedding`` at ``path`` by a ``LoRAEmbedding`` around it (no adapter yet) and
+    return it; an existing ``LoRAEmbedding`` is returned as it is (``wrap_with_lora``'s twin)."""
+    layer = model.get_module(path)
+    if not isinstance(layer, LoRAEmbedding):
+        wrapped = LoRAEmbedding(layer)
+        wrapped.training = layer.training
+        model.set_module(path, wrapped)
+        layer = wrapped
+    layer.path, layer.base.path = path, f"{path}.base"
+    return layer
+
+
 def _matches(path: str, pattern: str) -> bool:
     """The same rule as ``add_lora``'s targets: the path or its last component, equal or a glob."""
     return fnmatch.fnmatchcase(path, pattern) or fnmatch.fnmatchcase(path.rsplit(".", 1)[-1], pattern)
@@ -260,13 +288,7 @@ def add_lora_embedding(model, targets, r=8, alpha=16, rslora=False, init="peft",
             if same_adapter not in f".{path}.{k}":
                 m.freeze(k)
     for path in plan:
-        layer = model.get_module(path)
-        if not isinstance(layer, LoRAEmbedding):
-            wrapped = LoRAEmbedding(layer)
-            wrapped.training = layer.training
-            model.set_module(path, wrapped)
-            layer = wrapped
-        layer.path, layer.base.path = path, f"{path}.base"
+        layer = wrap_with_lora_embedding(model, path)
         layer.add_adapter(adapter, r, alpha, rslora, init, seed=gen.integers(2**63))
         if activate and layer.merged is None:
             layer.set_active(adapter)

@@ -341,9 +341,10 @@ class Module:
         return merge(self, adapter)
 
     def unmerge(self) -> "Module":
-        for layer in self.lora_layers().values():
-            layer.unmerge()
-        return self
+        """Take every merged adapter out of W again (LoRA embeddings included)."""
+        from .lora import unmerge
+
+        return unmerge(self)
 
     # ------------------------------------------------------------------ to override
     def forward(self, x):  # pragma: no cover - abstract
