@@ -121,7 +121,8 @@ def compare_with_torch(model, x, y, loss: str = "cross_entropy", steps: int = 3,
         twin, adapter = pt.torch_twin(model), None
     trainable = model.named_parameters(trainable=True)
     tparams = dict(twin.named_parameters())
-    tnames = {k: pt.torch_name(k, peft=lora) for k in trainable}
+    embeddings = pt.embedding_layers(model)  # LoRA on a token embedding: PEFT's lora_embedding_A/B
+    tnames = {k: pt.torch_name(k, peft=lora, embeddings=embeddings) for k in trainable}
     for p in tparams.values():
         p.requires_grad_(False)
     for k in trainable:

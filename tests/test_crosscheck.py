@@ -192,3 +192,19 @@ def test_gradcheck_command_includes_pytorch_and_peft(capsys):
     assert status == 0, out
     assert "Same models in PyTorch/PEFT" in out and "Adapter files between minilora and PEFT" in out
     assert "skipped" not in out
+
+
+def test_lora_on_the_token_embedding_matches_peft():
+    # the twin maps wte's adapter onto PEFT's lora_embedding_A/B (torch_name with embeddings=)
+    import minilora as ml
+
+    model = GPT(GPTConfig.preset("tiny", vocab_size=11), seed=0, dtype="float64")
+    ml.add_lora(model, ["q", "v"], r=2, alpha=4, seed=1)
+    ml.add_lora_embedding(model, "wte", r=2, alpha=4, seed=2)
+    rng = np.random.default_rng(0)
+    for p in model.named_parameters(trainable=True).values():
+        p += 0.1 * rng.standard_normal(p.shape)  # every adapter off its init: no term hides
+    x = rng.integers(0, 11, (2, 8))
+    rows = compare_with_torch(model, x, np.roll(x, -1, 1))
+    assert any("wte.lora" in r.array for r in rows)
+    assert rows and all(r.passed for r in rows), format_table(rows)
