@@ -22,6 +22,7 @@ from ..functional.mixed_lora import unsort_rows
 from ..functional.lora import (lora_delta, lora_fa_backward, lora_fa_forward, lora_scale, lowrank_backward,
                                lowrank_forward, olora_init, pissa_init)
 from .linear import Linear
+from .adapter_host import AdapterHost
 from .module import Module
 from .quantized import QuantLinear
 
@@ -79,7 +80,7 @@ class LoRAAdapter(Module):
                 "dora": self.dora, "dora_exact": self.dora_exact}
 
 
-class LoRALinear(Module):
+class LoRALinear(AdapterHost):
     """h = x Wᵀ + b + scale · (dropout(x) Aᵀ) Bᵀ around a frozen ``Linear``.
 
     Holds any number of named adapters (children of ``self.lora``); one is ``active`` (or none:
@@ -111,10 +112,6 @@ class LoRALinear(Module):
         self.rows: tuple | None = None  # a mixed batch: each row's adapter name (None: the base)
 
     # ------------------------------------------------------------------ adapters
-    @property
-    def adapters(self) -> dict:
-        return self.children["lora"].children
-
     def add_adapter(self, name="default", r=8, alpha=16, rslora=False, dropout=0.0, init="gaussian", seed=0,
                     dora=False, dora_exact=True):
         self.check_new_adapter(name, init, dora)
@@ -139,29 +136,6 @@ class LoRALinear(Module):
     def check_new_adapter(self, name, init="gaussian", dora=False) -> None:
         """Raise unless adapter ``name`` with this init and DoRA choice can be added (nothing changes)."""
         check_new_adapter(self.label, self.quantized, self.adapters, self.merged, name, init, dora)
-
-    def delete_adapter(self, name: str) -> None:
-        self._require(name)
-        if self.merged == name:
-            raise ValueError(f"{self.label}: adapter {name!r} is merged into W; unmerge() first")
-        del self.adapters[name]
-        if self.active == name:
-            self.active = None
-
-    def set_active(self, name: str | None) -> None:
-        if name is not None:
-            self._require(name)
-        if self.merged is not None and name != self.merged:
-            raise ValueError(
-                f"{self.label}: adapter {self.merged!r} is merged into W; unmerge() before "
-                f"activating {name!r}"
-            )
-        self.active = name
-        self.clear_cache()
-
-    def _require(self, name):
-        if name not in self.adapters:
-            raise KeyError(f"{self.label}: no adapter {name!r}; adapters: {sorted(self.adapters)}")
 
     # ------------------------------------------------------------------ merge
     def merge(self, adapter: str | None = None) -> None:

@@ -22,6 +22,7 @@ from ..functional.embedding import embedding_backward, embedding_forward
 from ..functional.lora import lora_scale
 from ..functional.lora_embedding import lora_embedding_backward, lora_embedding_delta, lora_embedding_forward
 from .llama import Llama
+from .adapter_host import AdapterHost
 from .module import Module
 from .transformer import Embedding
 
@@ -58,13 +59,15 @@ class LoRAEmbeddingAdapter(Module):
         return {"r": self.r, "alpha": self.alpha, "rslora": self.rslora, "init": self.init}
 
 
-class LoRAEmbedding(Module):
+class LoRAEmbedding(AdapterHost):
     """h = E[ids] + scale · (Aᵀ[ids]) Bᵀ around a frozen ``Embedding``.
 
     Named adapters (children of ``self.lora``), one ``active`` or none; ``merge()`` folds the active
     one into the table, E ← E + scale · (B A)ᵀ, ``unmerge()`` takes it out; training while merged is
     refused. Parameter names: ``base.W`` (E), ``lora.<adapter>.A``, ``lora.<adapter>.B``.
     """
+
+    weight = "E"
 
     def __init__(self, base: Embedding):
         super().__init__()
@@ -77,10 +80,6 @@ class LoRAEmbedding(Module):
         self.merged: str | None = None
 
     # ------------------------------------------------------------------ adapters
-    @property
-    def adapters(self) -> dict:
-        return self.children["lora"].children
-
     def add_adapter(self, name="default", r=8, alpha=16, rslora=False, init="peft", seed=0):
         if name in self.adapters:
             raise ValueError(f"{self.label}: adapter {name!r} already exists")
@@ -93,27 +92,6 @@ class LoRAEmbedding(Module):
         adapter.training = self.training
         self.children["lora"].add_child(name, adapter)
         return adapter
-
-    def delete_adapter(self, name: str) -> None:
-        self._require(name)
-        if self.merged == name:
-            raise ValueError(f"{self.label}: adapter {name!r} is merged into E; unmerge() first")
-        del self.adapters[name]
-        if self.active == name:
-            self.active = None
-
-    def set_active(self, name: str | None) -> None:
-        if name is not None:
-            self._require(name)
-        if self.merged is not None and name != self.merged:
-            raise ValueError(f"{self.label}: adapter {self.merged!r} is merged into E; unmerge() before "
-                             f"activating {name!r}")
-        self.active = name
-        self.clear_cache()
-
-    def _require(self, name):
-        if name not in self.adapters:
-            raise KeyError(f"{self.label}: no adapter {name!r}; adapters: {sorted(self.adapters)}")
 
     def delta(self, name: str | None = None):
         """ΔE = scale · (B A)ᵀ (V, C) of adapter ``name`` (default: the active one)."""
