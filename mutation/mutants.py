@@ -477,7 +477,7 @@ MUTANTS = [
       "if name is None or self.merged == name:", "if name is None:",
       "merging the adapter already merged raises instead of doing nothing",
       MODULES, EDGE_MODELS),
-    M("delete-active-adapter-stays-active", NN_LORA,
+    M("delete-active-adapter-stays-active", "minilora/nn/adapter_host.py",
       "if self.active == name:", "if self.active != name:",
       "deleting the active adapter leaves its name active",
       MODULES, EDGE_MODELS),
