@@ -489,3 +489,28 @@ def test_smollm2_model_names_the_prefix(tmp_path):
     problems = diagnose(d, "smollm2")
     assert len(problems) == 30 and {p.cause for p in problems} == {"prefix"}
     assert "lacks the prefix 'model.'" in problems[0].message
+
+
+def test_an_embedding_adapter_is_summarised_and_fits_its_model(tmp_path):
+    # lora_embedding_A (r, V) and lora_embedding_B (C, r): a row of its own, ‖B A‖ as for a linear
+    import minilora as ml
+    from minilora.nn.transformer import GPT, GPTConfig
+
+    model = GPT("tiny", seed=0)
+    ml.add_lora(model, ["q"], r=2, alpha=4, seed=1)
+    ml.add_lora_embedding(model, "wte", r=3, alpha=6, seed=2)
+    emb = model.get_module("wte").adapters["default"]
+    emb.B = np.ones(emb.params["B"].shape, np.float32)  # ΔE ≠ 0 (PEFT's init starts A at 0)
+    emb.A = np.full(emb.params["A"].shape, 0.5, np.float32)
+    ml.save_adapter(model, tmp_path / "a")
+    info = inspect_adapter(tmp_path / "a")
+    rows = {r["layer"]: r for r in info["layers"]}
+    assert rows["wte"]["embedding"] and not rows["blocks.0.attn.q"]["embedding"]
+    V, C = model.config.vocab_size, model.config.n_embd
+    assert rows["wte"]["A_shape"] == [3, V] and rows["wte"]["B_shape"] == [C, 3] and rows["wte"]["r"] == 3
+    assert abs(rows["wte"]["norm_BA"] - np.linalg.norm(emb.params["B"] @ emb.params["A"])) <= 1e-4 * rows["wte"]["norm_BA"]
+    fresh = GPT("tiny", seed=0)
+    assert [p for p in diagnose(tmp_path / "a", fresh, check_fingerprint=False) if p.severity == "error"] == []
+    other = GPT(GPTConfig.preset("tiny", vocab_size=50), seed=0)  # another vocabulary: A no longer fits
+    causes = {p.cause for p in diagnose(tmp_path / "a", other, check_fingerprint=False)}
+    assert "shape" in causes

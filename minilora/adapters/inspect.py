@@ -41,13 +41,15 @@ from .. import backend
 from .. import safetensors as st
 from ..functional.lora import lora_scale
 from ..nn.lora import LoRALinear, linear_paths
+from ..nn.lora_embedding import LoRAEmbedding, embedding_paths
 from .errors import AdapterError
 from .files import (CONFIG_NAME, FLOAT_TAGS, KEY_RE, PREFIX, WEIGHTS_NAME, _is_target, _parse_config,
                     _pattern_value, read_adapter)
 
 # Any number of base_model.model. prefixes (0 and 2+ are problems), any adapter name in the key.
 LENIENT_KEY = re.compile(r"(?P<prefix>(?:base_model\.model\.)*)(?P<path>.+?)\.(?:lora_(?P<AB>[AB])"
-                         r"(?:\.(?P<name>[^.]+))?\.weight|lora_magnitude_vector(?:\.(?P<mname>[^.]+)\.weight)?)")
+                         r"(?:\.(?P<name>[^.]+))?\.weight|lora_magnitude_vector(?:\.(?P<mname>[^.]+)\.weight)?"
+                         r"|lora_embedding_(?P<EAB>[AB])(?:\.(?P<ename>[^.]+))?)")  # a token embedding: A (r, V), B (C, r)
 CAUSES = ("prefix", "adapter_name", "transposed", "rank", "missing_layer", "dtype", "shape",
           "missing_key", "not_targeted", "unknown_key", "values", "config", "other")
 # config fields shown on their own line of the report; every other field with a value that is not
@@ -155,11 +157,13 @@ def _layers(cfg, entries, tensors) -> tuple:
             unknown.append(key)
             continue
         path = m["path"]
-        row = rows.setdefault(path, {"path": path, "keys": {}, "prefixes": set(), "names": set()})
-        row["keys"][m["AB"] or "m"] = key  # "m": DoRA's magnitude (d_out,)
+        row = rows.setdefault(path, {"path": path, "keys": {}, "prefixes": set(), "names": set(), "embedding": False})
+        row["keys"][m["AB"] or m["EAB"] or "m"] = key  # "m": DoRA's magnitude (d_out,)
+        row["embedding"] |= m["EAB"] is not None
         row["prefixes"].add(len(m["prefix"]) // len(PREFIX))
-        if (m["name"] or m["mname"]) is not None:
-            row["names"].add(m["name"] or m["mname"])
+        name = m["name"] or m["mname"] or m["ename"]
+        if name is not None:
+            row["names"].add(name)
     out = {}
     for path, row in sorted(rows.items(), key=lambda kv: _natural(kv[0])):
         kA, kB, km = row["keys"].get("A"), row["keys"].get("B"), row["keys"].get("m")
@@ -186,6 +190,7 @@ def _layers(cfg, entries, tensors) -> tuple:
             "norm_delta": (_finite_or_none(scale * norm) if finite and scale and norm is not None and not dora
                            else None),
             "dora": dora,
+            "embedding": row["embedding"],  # ΔE = scale · (B A)ᵀ (V, C): the same ‖B A‖
             "finite": finite,
             "_prefixes": sorted(row["prefixes"]), "_names": sorted(row["names"]),
         }
@@ -223,6 +228,10 @@ def _model_layers(model) -> dict:
             out[p] = (int(W.shape[0]), int(W.shape[1]), backend.dtype_name(W))
         else:  # a 4-bit QuantLinear: its adapters are float32 (nn/quantized.py)
             out[p] = (base.d_out, base.d_in, "float32")
+    for p in embedding_paths(model):  # a token embedding E (V, C): A (r, V) reads ids, B (C, r) writes C
+        layer = modules[p]
+        E = (layer.base if isinstance(layer, LoRAEmbedding) else layer).params["W"]
+        out[p] = (int(E.shape[1]), int(E.shape[0]), backend.dtype_name(E))
     return out
 
 
