@@ -272,3 +272,24 @@ def test_same_forward_and_backward_as_peft_embedding(dtype, tolerance):
     layer.merge()  # PEFT's merged table: E + scale · (B A)ᵀ, minilora's delta
     merged = E + lora_embedding_delta(A, B, scale)
     assert rel_error(merged, layer.base_layer.weight.detach().numpy()) <= tolerance
+
+
+def test_list_and_delete_adapters_cover_the_embedding():
+    import minilora as ml
+    from minilora import adapters
+    from minilora.nn.transformer import GPT
+
+    model = GPT("tiny", seed=0)
+    ml.add_lora(model, ["q"], r=2, alpha=4)
+    ml.add_lora_embedding(model, "wte", r=3, alpha=6)
+    info = adapters.list_adapters(model)["default"]
+    assert "wte" in info.targets and info.r["wte"] == 3 and info.r["blocks.0.attn.q"] == 2
+    model.get_module("wte").merge()
+    with pytest.raises(ValueError, match="wte: adapter 'default' is merged into E"):
+        adapters.delete_adapter(model, "default")
+    assert "default" in model.get_module("blocks.0.attn.q").adapters  # refused before any change
+    model.get_module("wte").unmerge()
+    adapters.delete_adapter(model, "default")
+    assert not model.get_module("wte").adapters and not model.get_module("blocks.0.attn.q").adapters
+    with pytest.raises(KeyError, match="GPT: no adapter 'default'"):
+        adapters.delete_adapter(model, "default")

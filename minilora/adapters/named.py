@@ -37,21 +37,30 @@ class AdapterInfo:
 
 def list_adapters(model) -> dict:
     """``{name: AdapterInfo}`` for every adapter in ``model``, in the order they were added."""
+    every = adapter_layers(model)  # linear layers and token embeddings
     names = []
-    for layer in lora_layers(model).values():
+    for layer in every.values():
         names += [n for n in layer.adapters if n not in names]
     out = {}
     for name in names:
-        layers = layers_with(model, name)
+        layers = _carrying(model, every, name)
         ads = {p: m.adapters[name] for p, m in layers.items()}
         first = next(iter(ads.values()))
         out[name] = AdapterInfo(
             name, tuple(layers), {p: a.r for p, a in ads.items()}, {p: a.alpha for p, a in ads.items()},
-            first.rslora, first.dropout, first.init,
+            first.rslora, getattr(first, "dropout", 0.0), first.init,  # an embedding adapter has no dropout
             all(m.active == name for m in layers.values()), all(m.merged == name for m in layers.values()),
-            first.dora, first.dora_exact,
+            getattr(first, "dora", False), getattr(first, "dora_exact", True),
         )
     return out
+
+
+def _carrying(model, every: dict, name: str) -> dict:
+    """The layers of ``every`` that carry adapter ``name`` (KeyError naming the adapters if none)."""
+    layers = {p: m for p, m in every.items() if name in m.adapters}
+    if not layers:
+        raise KeyError(f"{type(model).__name__}: no adapter {name!r}; adapters: {sorted({n for m in every.values() for n in m.adapters})}")
+    return layers
 
 
 def add_adapter(model, name: str, targets=None, r=8, alpha=16, rslora=False, dropout=0.0,
@@ -116,11 +125,12 @@ def adapters_disabled(model):
 
 
 def delete_adapter(model, name: str):
-    """Remove adapter ``name`` from every layer (refused, model unchanged, if it is merged)."""
-    layers = layers_with(model, name)
+    """Remove adapter ``name`` from every layer, linear and embedding (refused, model unchanged,
+    if it is merged anywhere)."""
+    layers = _carrying(model, adapter_layers(model), name)
     for p, m in layers.items():
         if m.merged == name:
-            raise ValueError(f"{p}: adapter {name!r} is merged into W; unmerge() first")
+            raise ValueError(f"{p}: adapter {name!r} is merged into {m.weight}; unmerge() first")
     for m in layers.values():
         m.delete_adapter(name)
     return model
