@@ -284,7 +284,8 @@ def adapter_tensors(model, adapter: str = "default", convert_to_lora: bool = Fal
 
     ``convert_to_lora``: an adapter initialised from W (PiSSA, OLoRA) trained against the residual
     base W_res = W − s B₀ A₀; on the original W its update is ΔW = s B A − s B₀ A₀ =
-    s [B, −B₀] [A; A₀], a plain LoRA adapter of rank 2r (PEFT's ``convert_pissa_to_lora``)."""
+    s · (B | −B₀) · (A over A₀) — B and −B₀ side by side, A stacked above A₀ — a plain LoRA
+    adapter of rank 2r (PEFT's ``convert_pissa_to_lora``)."""
     out = {}
     for path, m in _carriers(model, adapter).items():
         ad = m.adapters[adapter]
