@@ -383,22 +383,36 @@ def save_adapter(model, directory, adapter: str = "default", base_model_name_or_
 # ============================================================================ load
 
 
+def adapter_files(directory) -> tuple:
+    """``(config path, weights path)`` of an adapter directory; ``AdapterError`` if either is missing."""
+    directory = os.fspath(directory)
+    cfile, wfile = os.path.join(directory, CONFIG_NAME), os.path.join(directory, WEIGHTS_NAME)
+    for f in (cfile, wfile):
+        if not os.path.isfile(f):
+            raise AdapterError(f"{f}: file not found (an adapter directory holds {CONFIG_NAME} and {WEIGHTS_NAME})")
+    return cfile, wfile
+
+
+def read_config(cfile) -> dict:
+    """The JSON object in ``cfile``; ``AdapterError`` naming the file if it is not one."""
+    try:
+        with open(cfile, "rb") as fh:
+            cfg = json.loads(fh.read().decode("utf-8"))
+    except (UnicodeDecodeError, ValueError) as e:
+        raise AdapterError(f"{cfile}: not valid JSON ({e})") from None
+    if not isinstance(cfg, dict):
+        raise AdapterError(f"{cfile}: must hold a JSON object, got {type(cfg).__name__}")
+    return cfg
+
+
 def read_adapter(model, directory, adapter_name="default", check_fingerprint=True, activate=True):
     """Read and validate an adapter directory against ``model`` without changing it.
 
     Returns ``(plans, config fields, how the fingerprint matched)``; raises ``AdapterError``
     naming the file and key on the first problem.
     """
-    directory = os.fspath(directory)
-    wfile, cfile = os.path.join(directory, WEIGHTS_NAME), os.path.join(directory, CONFIG_NAME)
-    for f in (cfile, wfile):
-        if not os.path.isfile(f):
-            raise AdapterError(f"{f}: file not found")
-    try:
-        with open(cfile, "rb") as fh:
-            cfg_raw = json.loads(fh.read().decode("utf-8"))
-    except (UnicodeDecodeError, ValueError) as e:
-        raise AdapterError(f"{cfile}: not valid JSON ({e})") from None
+    cfile, wfile = adapter_files(directory)
+    cfg_raw = read_config(cfile)
     cfg = _parse_config(cfg_raw, cfile)
 
     with open(wfile, "rb") as fh:

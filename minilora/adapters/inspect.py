@@ -43,7 +43,7 @@ from ..functional.lora import lora_scale
 from ..nn.lora import LoRALinear, linear_paths
 from ..nn.lora_embedding import LoRAEmbedding, embedding_paths
 from .errors import AdapterError
-from .files import (CONFIG_NAME, FLOAT_TAGS, KEY_RE, PREFIX, WEIGHTS_NAME, _is_target, _parse_config,
+from .files import (CONFIG_NAME, adapter_files, read_config, FLOAT_TAGS, KEY_RE, PREFIX, WEIGHTS_NAME, _is_target, _parse_config,
                     _pattern_value, read_adapter)
 
 # Any number of base_model.model. prefixes (0 and 2+ are problems), any adapter name in the key.
@@ -85,17 +85,8 @@ def _read(directory):
     directory = os.fspath(directory)
     if not os.path.isdir(directory):
         raise AdapterError(f"{directory}: no such directory")
-    cfile, wfile = os.path.join(directory, CONFIG_NAME), os.path.join(directory, WEIGHTS_NAME)
-    for f in (cfile, wfile):
-        if not os.path.isfile(f):
-            raise AdapterError(f"{f}: file not found (an adapter directory holds {CONFIG_NAME} and {WEIGHTS_NAME})")
-    try:
-        with open(cfile, "rb") as fh:
-            cfg = json.loads(fh.read().decode("utf-8"))
-    except (UnicodeDecodeError, ValueError) as e:
-        raise AdapterError(f"{cfile}: not valid JSON ({e})") from None
-    if not isinstance(cfg, dict):
-        raise AdapterError(f"{cfile}: must hold a JSON object, got {type(cfg).__name__}")
+    cfile, wfile = adapter_files(directory)
+    cfg = read_config(cfile)
     with open(wfile, "rb") as fh:
         data = fh.read()
     try:
