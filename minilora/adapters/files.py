@@ -405,6 +405,19 @@ def read_config(cfile) -> dict:
     return cfg
 
 
+def read_weights(wfile) -> tuple:
+    """``(header entries {key: (tag, shape, start, end)}, {key: array}, metadata, file bytes)`` of
+    the safetensors file ``wfile``; ``AdapterError`` naming the file if it is broken."""
+    with open(wfile, "rb") as fh:
+        data = fh.read()
+    try:
+        entries, _, _ = st.parse_header(data, wfile)
+        tensors, meta = st.deserialize(data, wfile)
+    except st.SafetensorsError as e:
+        raise AdapterError(str(e)) from None
+    return entries, tensors, meta, len(data)
+
+
 def read_adapter(model, directory, adapter_name="default", check_fingerprint=True, activate=True):
     """Read and validate an adapter directory against ``model`` without changing it.
 
@@ -414,14 +427,7 @@ def read_adapter(model, directory, adapter_name="default", check_fingerprint=Tru
     cfile, wfile = adapter_files(directory)
     cfg_raw = read_config(cfile)
     cfg = _parse_config(cfg_raw, cfile)
-
-    with open(wfile, "rb") as fh:
-        data = fh.read()
-    try:
-        entries, _, _ = st.parse_header(data, wfile)
-        tensors, meta = st.deserialize(data, wfile)
-    except st.SafetensorsError as e:
-        raise AdapterError(str(e)) from None
+    entries, tensors, meta, _ = read_weights(wfile)
 
     if "minilora.config_sha256" in meta and meta["minilora.config_sha256"] != _tensor_fields_sha(cfg_raw):
         raise AdapterError(

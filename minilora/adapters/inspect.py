@@ -43,7 +43,7 @@ from ..functional.lora import lora_scale
 from ..nn.lora import LoRALinear, linear_paths
 from ..nn.lora_embedding import LoRAEmbedding, embedding_paths
 from .errors import AdapterError
-from .files import (CONFIG_NAME, adapter_files, read_config, FLOAT_TAGS, KEY_RE, PREFIX, WEIGHTS_NAME, _is_target, _parse_config,
+from .files import (CONFIG_NAME, adapter_files, read_config, read_weights, FLOAT_TAGS, KEY_RE, PREFIX, WEIGHTS_NAME, _is_target, _parse_config,
                     _pattern_value, read_adapter)
 
 # Any number of base_model.model. prefixes (0 and 2+ are problems), any adapter name in the key.
@@ -87,14 +87,8 @@ def _read(directory):
         raise AdapterError(f"{directory}: no such directory")
     cfile, wfile = adapter_files(directory)
     cfg = read_config(cfile)
-    with open(wfile, "rb") as fh:
-        data = fh.read()
-    try:
-        entries, _, _ = st.parse_header(data, wfile)
-        tensors, meta = st.deserialize(data, wfile)
-    except st.SafetensorsError as e:
-        raise AdapterError(str(e)) from None
-    return cfg, {k: (tag, shape) for k, (tag, shape, _, _) in entries.items()}, tensors, meta, len(data)
+    entries, tensors, meta, nbytes = read_weights(wfile)
+    return cfg, {k: (tag, shape) for k, (tag, shape, _, _) in entries.items()}, tensors, meta, nbytes
 
 
 def _positive_int(v) -> bool:
