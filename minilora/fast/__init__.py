@@ -56,7 +56,7 @@ UPDATES = {
 
 # The switch: True runs the fast version. GELU, attention and AdamW measure 8-88% of a step
 # faster on NumPy; linear, LoRA, ReLU and LayerNorm within ±3% (docs/performance.md).
-# Off by default: the mixed-batch gather, which on NumPy is 13-26% slower than the reference's
+# Off by default: the mixed-batch gather, which on NumPy is 11-27% slower than the reference's
 # sub-batch loop (benchmarks/mixed_batch.py, 1-16 adapters); it is there for devices where one
 # batched product beats K small ones, and proven equal to the loop (tests/test_mixed_lora.py).
 SLOWER_ON_NUMPY = ("mixed_lora",)
