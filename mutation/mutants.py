@@ -81,6 +81,11 @@ AD_FILES = "minilora/adapters/files.py"
 AD_FP = "minilora/adapters/fingerprint.py"
 AD_COMB = "minilora/adapters/combine.py"
 AD_NAMED = "minilora/adapters/named.py"
+MIXED_F = "minilora/functional/mixed_lora.py"
+MIXED_FAST = "minilora/fast/mixed_lora.py"
+SUBSPACE = "minilora/analysis/subspace.py"
+REPRO_MEASURE = "minilora/reproduce/measure.py"
+REPRO_ADAPT = "minilora/reproduce/adapt.py"
 
 MUTANTS = [
     # ========================================================================= functional/
@@ -672,4 +677,44 @@ MUTANTS = [
       "if not trainable:", "if trainable:",
       "load_adapter(trainable=True) freezes the adapter, trainable=False leaves it training",
       ADAPTERS, EDGE_ADAPTERS),
+    # ------------------------------------------------------------------ this session's additions
+    M("mixed-dB-without-scale", MIXED_F,
+      'grads[k]["B"] = scale * (dout_2.T @ xp.reshape(u[k], (-1, r)))',
+      'grads[k]["B"] = dout_2.T @ xp.reshape(u[k], (-1, r))',
+      "a mixed batch's dB_k forgets adapter k's scale",
+      "tests/test_mixed_lora.py", "tests/test_mixed_batch.py"),
+    M("mixed-dx-without-mask", MIXED_F,
+      "parts.append(dx_k if mask is None else dx_k * xp.take(mask, sel, axis=0))", "parts.append(dx_k)",
+      "a mixed batch's dx ignores the rows' dropout masks",
+      "tests/test_mixed_lora.py"),
+    M("mixed-gather-h-unscaled", MIXED_FAST,
+      "Bs.append(xp.concat([scale * B, xp.zeros((d_out, R - r), dtype=dtype, device=device)], axis=1))",
+      "Bs.append(xp.concat([B, xp.zeros((d_out, R - r), dtype=dtype, device=device)], axis=1))",
+      "the gather's stacked B forgets each adapter's scale",
+      "tests/test_mixed_lora.py"),
+    M("mixed-rows-not-expanded-per-token", NN_LORA,
+      "rows = tuple(a for a in rows for _ in range(N // len(rows)))  # batch-major flattening",
+      "rows = tuple(rows[n % len(rows)] for n in range(N))  # interleaved: the wrong flattening",
+      "a (B, T, C) batch flattened to (B·T, C) gets its names per token round-robin, not per row",
+      "tests/test_mixed_batch.py"),
+    M("mixed-batch-row-count-unchecked", "minilora/adapters/mixed.py",
+      "if x.shape[0] != len(names):", "if False:",
+      "a batch with another number of rows than names runs with the names spread over its tokens",
+      "tests/test_mixed_batch.py"),
+    M("fingerprint-skips-4bit-codes", AD_FP,
+      'out[f"{canon}.W.q4_1.{k}"] = v', "pass",
+      "a 4-bit base's packed codes are not in the fingerprint: another 4-bit base matches",
+      "tests/test_qlora.py"),
+    M("phi-random-floor-min", SUBSPACE,
+      "return max(i, j) / d", "return min(i, j) / d",
+      "the random floor of φ uses min(i, j) instead of max(i, j)",
+      "tests/test_subspace.py"),
+    M("ledger-counts-weights-as-activations", REPRO_MEASURE,
+      "if id(root) not in skip:", "if True:",
+      "the activation ledger counts the W a cache holds (for dx) as new memory",
+      "tests/test_reproduce.py"),
+    M("budget-rank-not-split", REPRO_ADAPT,
+      "return max(1, r_one // len(types))", "return r_one",
+      "Table 5's budget gives every weight set the same r instead of splitting it",
+      "tests/test_reproduce.py"),
 ]
