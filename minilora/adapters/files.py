@@ -28,7 +28,7 @@ from .. import backend
 from .. import safetensors as st
 from ..checks import check_adapter_options, check_lora
 from ..functional.lora import lora_delta
-from ..nn.lora import LoRALinear, adapter_layers, linear_paths, lora_layers
+from ..nn.lora import LoRALinear, adapter_layers, layers_with, linear_paths, lora_layers
 from ..nn.lora_embedding import (LoRAEmbedding, embedding_paths, tied_embedding_paths,
                                  wrap_with_lora_embedding)
 from .errors import AdapterError
@@ -101,17 +101,6 @@ def _number(x):
     return int(x) if float(x).is_integer() else float(x)
 
 
-def _carriers(model, name: str) -> dict:
-    """``{path: LoRALinear | LoRAEmbedding}`` of the layers carrying adapter ``name``, model order
-    (``KeyError`` if none do)."""
-    every = adapter_layers(model)
-    layers = {p: m for p, m in every.items() if name in m.adapters}
-    if not layers:
-        names = sorted({n for m in every.values() for n in m.adapters})
-        raise KeyError(f"{type(model).__name__}: no adapter {name!r}; adapters: {names}")
-    return layers
-
-
 def _target_paths(model) -> list:
     """Paths of every layer an adapter file may name, model order: linears and token embeddings."""
     linear, emb = set(linear_paths(model)), set(embedding_paths(model))
@@ -119,7 +108,7 @@ def _target_paths(model) -> list:
 
 
 def _build_config(model, name, base_model_name_or_path, task_type, convert_to_lora=False) -> dict:
-    layers = _carriers(model, name)  # KeyError if none
+    layers = layers_with(model, name, embeddings=True)  # KeyError if none
     linear = [m.adapters[name] for m in layers.values() if isinstance(m, LoRALinear)]
     embedded = [p for p, m in layers.items() if isinstance(m, LoRAEmbedding)]
     ads = [m.adapters[name] for m in layers.values()]
@@ -287,7 +276,7 @@ def adapter_tensors(model, adapter: str = "default", convert_to_lora: bool = Fal
     s · (B | −B₀) · (A over A₀) — B and −B₀ side by side, A stacked above A₀ — a plain LoRA
     adapter of rank 2r (PEFT's ``convert_pissa_to_lora``)."""
     out = {}
-    for path, m in _carriers(model, adapter).items():
+    for path, m in layers_with(model, adapter, embeddings=True).items():
         ad = m.adapters[adapter]
         A, B = backend.to_numpy(ad.params["A"]), backend.to_numpy(ad.params["B"])
         if isinstance(m, LoRAEmbedding):  # E is never rewritten: nothing to convert
@@ -314,7 +303,7 @@ def adapter_tensors(model, adapter: str = "default", convert_to_lora: bool = Fal
 def _original_base(model, adapter):
     """Inside the block every layer carrying ``adapter`` holds W_res + s B₀ A₀, its W before a
     PiSSA/OLoRA init (to rounding): the base a converted adapter belongs to. Restored on exit."""
-    layers = {p: m for p, m in _carriers(model, adapter).items() if isinstance(m, LoRALinear)}
+    layers = {p: m for p, m in layers_with(model, adapter, embeddings=True).items() if isinstance(m, LoRALinear)}
     saved = {p: m.base.params["W"] for p, m in layers.items()}
     try:
         for m in layers.values():
@@ -352,7 +341,7 @@ def save_adapter(model, directory, adapter: str = "default", base_model_name_or_
                            "fingerprint is taken from the unmerged W)")
     with _original_base(model, adapter) if convert_to_lora else contextlib.nullcontext(model):
         fingerprint, sketch = base_fingerprint(model), json.dumps(_sketch(model), separators=(",", ":"))
-    ads = [m.adapters[adapter] for m in _carriers(model, adapter).values() if isinstance(m, LoRALinear)]
+    ads = [m.adapters[adapter] for m in layers_with(model, adapter, embeddings=True).values() if isinstance(m, LoRALinear)]
     metadata = {
         "format": "pt",
         "minilora.adapter": adapter,

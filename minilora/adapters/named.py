@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from .. import backend
 from ..functional.dora import dora_weight
 from ..functional.lora import lora_delta
-from ..nn.lora import adapter_layers, add_lora, layers_with, lora_layers, wrap_with_lora
+from ..nn.lora import adapter_layers, add_lora, layers_with, wrap_with_lora
 
 
 @dataclass(frozen=True)
@@ -43,7 +43,7 @@ def list_adapters(model) -> dict:
         names += [n for n in layer.adapters if n not in names]
     out = {}
     for name in names:
-        layers = _carrying(model, every, name)
+        layers = layers_with(model, name, embeddings=True)
         ads = {p: m.adapters[name] for p, m in layers.items()}
         first = next(iter(ads.values()))
         out[name] = AdapterInfo(
@@ -53,14 +53,6 @@ def list_adapters(model) -> dict:
             getattr(first, "dora", False), getattr(first, "dora_exact", True),
         )
     return out
-
-
-def _carrying(model, every: dict, name: str) -> dict:
-    """The layers of ``every`` that carry adapter ``name`` (KeyError naming the adapters if none)."""
-    layers = {p: m for p, m in every.items() if name in m.adapters}
-    if not layers:
-        raise KeyError(f"{type(model).__name__}: no adapter {name!r}; adapters: {sorted({n for m in every.values() for n in m.adapters})}")
-    return layers
 
 
 def add_adapter(model, name: str, targets=None, r=8, alpha=16, rslora=False, dropout=0.0,
@@ -127,7 +119,7 @@ def adapters_disabled(model):
 def delete_adapter(model, name: str):
     """Remove adapter ``name`` from every layer, linear and embedding (refused, model unchanged,
     if it is merged anywhere)."""
-    layers = _carrying(model, adapter_layers(model), name)
+    layers = layers_with(model, name, embeddings=True)
     for p, m in layers.items():
         if m.merged == name:
             raise ValueError(f"{p}: adapter {name!r} is merged into {m.weight}; unmerge() first")

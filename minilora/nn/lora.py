@@ -462,9 +462,10 @@ def adapter_layers(model) -> dict:
     return {p: m for p, m in model.named_modules() if isinstance(m, (LoRALinear, LoRAEmbedding))}
 
 
-def layers_with(model, name: str) -> dict:
-    """``{path: LoRALinear}`` for the layers carrying adapter ``name`` (KeyError if none do)."""
-    every = lora_layers(model)
+def layers_with(model, name: str, embeddings: bool = False) -> dict:
+    """``{path: LoRALinear}`` for the layers carrying adapter ``name``, model order (KeyError if
+    none do); ``embeddings=True`` includes the ``LoRAEmbedding`` layers too (``adapter_layers``)."""
+    every = adapter_layers(model) if embeddings else lora_layers(model)
     layers = {p: m for p, m in every.items() if name in m.adapters}
     if not layers:
         names = sorted({n for m in every.values() for n in m.adapters})
